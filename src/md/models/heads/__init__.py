@@ -1,0 +1,1 @@
+"""md.models.heads."""

@@ -1,0 +1,1 @@
+"""md.student_train."""

@@ -1,0 +1,1 @@
+"""md.teacher_cache."""
