@@ -1,0 +1,187 @@
+"""The resumable training loop shared by teacher and student training.
+
+Reads top to bottom: restore (if resuming) -> for each iteration: seed, lr, forward under
+autocast, backward, step, log -> periodic resume checkpoints -> final checkpoint, log figure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from md.errors import MdError
+from md.train import recipe
+from md.train.checkpoint import load_checkpoint, save_checkpoint
+from md.train.metrics_log import MetricsLog, plot_loss_curves
+
+LossFn = Callable[[nn.Module, dict[str, Any]], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    iterations: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    warmup_iters: int
+    warmup_start_lr: float
+    seed: int
+    amp: str = "none"  # none | bf16 | fp16 (fp16 uses a GradScaler)
+    channels_last: bool = False
+    log_every: int = 10
+    checkpoint_every: int = 100
+    grad_clip: float = 0.0  # 0 = off
+    stop_after: int = 0  # stop (as if interrupted) after this many iterations in this run; 0 = off
+    progress: bool = True
+
+
+def sidecar(out: Path, suffix: str) -> Path:
+    """`teacher.pt` -> `teacher.<suffix>` (metrics.jsonl, loss.png, config.yaml)."""
+    return out.with_name(out.stem + "." + suffix)
+
+
+def resume_path(out: Path) -> Path:
+    return out.with_name(out.name + ".resume")
+
+
+def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool = False,
+              ) -> dict[str, Any]:
+    """Move tensors (and lists of tensors) to `device`; images optionally channels_last."""
+
+    def move(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            fmt = torch.channels_last if (channels_last and v.ndim == 4) else torch.preserve_format
+            return v.to(device, non_blocking=True, memory_format=fmt)
+        if isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
+            return [move(t) for t in v]
+        return v
+
+    return {k: move(v) for k, v in batch.items()}
+
+
+def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    if amp == "none":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train_loop(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Callable[[int], Iterable[dict[str, Any]]],
+    settings: LoopSettings,
+    *,
+    out: Path,
+    meta: dict[str, Any],
+    device: torch.device,
+    resume: bool = False,
+    desc: str = "train",
+) -> dict[str, Any]:
+    """Train `model` and write `out` (+ metrics log, loss curve); returns a summary dict.
+
+    `batches(start)` yields the batches for iterations start, start+1, ...; `meta` goes into
+    every checkpoint (task, model kind, model args, config, dataset fingerprint, ...).
+    Returns `{"completed": bool, "iteration": int, "seconds": float, "last": {loss parts}}`.
+    """
+    s = settings
+    model.to(device)
+    if s.channels_last:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    opt = recipe.make_optimizer(model, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=(s.amp == "fp16"))
+    start = _restore(model, opt, out, meta, device) if resume else 0
+    log = MetricsLog(sidecar(out, "metrics.jsonl"), resume_from=start if resume else None)
+
+    def save_resume(iteration: int) -> None:
+        save_checkpoint(resume_path(out), {**meta, "iteration": iteration,
+                                           "weights": model.state_dict(),
+                                           "optimizer": opt.state_dict()})
+
+    t0, it = time.perf_counter(), start
+    last: dict[str, float] = {}
+    bar = tqdm(total=s.iterations, initial=start, desc=desc, disable=not s.progress,
+               dynamic_ncols=True, unit="it")
+    model.train()
+    stream: Iterator[dict[str, Any]] = iter(batches(start))
+    try:
+        for it in range(start, s.iterations):
+            if s.stop_after and it - start >= s.stop_after:
+                save_resume(it)
+                bar.close()
+                return {"completed": False, "iteration": it,
+                        "seconds": time.perf_counter() - t0, "last": last}
+            if it > start and it % s.checkpoint_every == 0:
+                save_resume(it)
+            last = _step(model, opt, scaler, loss_fn, next(stream), it, s, device)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in last.items()}, refresh=False)
+            if it % s.log_every == 0 or it == s.iterations - 1:
+                lr = opt.param_groups[0]["lr"]
+                log.write({"iteration": it, "lr": lr, **{f"loss/{k}": v for k, v in last.items()}})
+    except KeyboardInterrupt:
+        save_resume(it)
+        raise
+    finally:
+        bar.close()
+    model.eval()
+    save_checkpoint(out, {**meta, "iteration": s.iterations, "weights": model.state_dict()})
+    resume_path(out).unlink(missing_ok=True)
+    plot_loss_curves(sidecar(out, "metrics.jsonl"), sidecar(out, "loss.png"), title=desc)
+    return {"completed": True, "iteration": s.iterations,
+            "seconds": time.perf_counter() - t0, "last": last}
+
+
+def _step(model: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+          loss_fn: LossFn, batch: dict[str, Any], it: int, s: LoopSettings,
+          device: torch.device) -> dict[str, float]:
+    recipe.seed_step(s.seed, it)
+    recipe.set_lr(opt, recipe.lr_at(it, lr=s.lr, iterations=s.iterations,
+                                     warmup_iters=s.warmup_iters,
+                                     warmup_start_lr=s.warmup_start_lr))
+    batch = to_device(batch, device, s.channels_last)
+    with _autocast(device, s.amp):
+        losses = loss_fn(model, batch)
+    total = losses["total"]
+    if not torch.isfinite(total):
+        parts = {k: float(v) for k, v in losses.items()}
+        raise MdError(f"loss became non-finite at iteration {it} ({parts}); lower lr= or "
+                      "check the data")
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(total).backward()
+    if s.grad_clip > 0:
+        scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    return {k: float(v.detach()) for k, v in losses.items()}
+
+
+def _restore(model: nn.Module, opt: torch.optim.Optimizer, out: Path, meta: dict[str, Any],
+             device: torch.device) -> int:
+    path = resume_path(out)
+    if not path.exists():
+        raise MdError(f"{path}: nothing to resume (no resume file beside {out.name}); "
+                      "run without --resume")
+    ckpt = load_checkpoint(path, task=meta.get("task"), model_kind=meta.get("model_kind"))
+    for key in ("config", "dataset_fingerprint"):
+        if ckpt.get(key) != meta.get(key):
+            raise MdError(f"{path}: the interrupted run used a different {key.replace('_', ' ')}; "
+                          "resume with the same data and options, or start over without --resume")
+    model.load_state_dict(ckpt["weights"])
+    opt.load_state_dict(ckpt["optimizer"])
+    for state in opt.state.values():
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor):
+                state[k] = v.to(device)
+    return int(ckpt["iteration"])
+
+

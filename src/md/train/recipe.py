@@ -1,0 +1,66 @@
+"""The MD training recipe (§4.2): SGD, linear warm-up from 1e-6 over 500 iterations, cosine.
+
+Determinism: every source of randomness in a step is seeded from (seed, iteration), so a run
+resumed at iteration k takes exactly the steps an uninterrupted run would have taken.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def lr_at(iteration: int, *, lr: float, iterations: int, warmup_iters: int,
+          warmup_start_lr: float) -> float:
+    """Learning rate for 0-based `iteration`: linear warm-up, then cosine decay to 0."""
+    if warmup_iters > 0 and iteration < warmup_iters:
+        t = iteration / warmup_iters
+        return warmup_start_lr + (lr - warmup_start_lr) * t
+    span = max(1, iterations - warmup_iters)
+    t = min(1.0, (iteration - warmup_iters) / span)
+    return 0.5 * lr * (1.0 + math.cos(math.pi * t))
+
+
+def make_optimizer(model: nn.Module, *, lr: float, momentum: float,
+                   weight_decay: float) -> torch.optim.SGD:
+    """SGD with momentum; no weight decay on norm layers and biases (1-D parameters)."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def step_seed(seed: int, iteration: int) -> int:
+    """A 63-bit seed for one (run seed, iteration) pair, independent of what ran before."""
+    rng = np.random.Generator(np.random.PCG64([seed, iteration, 0x6D64]))
+    return int(rng.integers(0, 2**63 - 1))
+
+
+def seed_step(seed: int, iteration: int) -> None:
+    """Seed torch, numpy and random for one step (dropout, augmentation, init)."""
+    s = step_seed(seed, iteration)
+    torch.manual_seed(s)
+    np.random.seed(s % 2**32)
+    random.seed(s)
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` picks CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

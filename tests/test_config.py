@@ -1,0 +1,64 @@
+from dataclasses import dataclass
+from typing import Literal
+
+import pytest
+
+from md.config import load_yaml, resolve_config, save_config
+from md.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Cfg:
+    iterations: int = 10
+    lr: float = 0.01
+    levels: tuple[str, ...] = ("c3", "c4", "c5")
+    amp: Literal["none", "bf16"] = "none"
+    hflip: bool = True
+    name: str = "x"
+
+
+PRESETS = {"tiny": {"iterations": 2, "lr": 0.1}}
+
+
+def test_precedence_preset_file_option_override(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("iterations: 5\nname: fromfile\n")
+    cfg = resolve_config(Cfg, presets=PRESETS, preset="tiny", config_file=f,
+                         overrides=["levels=c3,c5", "hflip=false"], name="option")
+    assert cfg == Cfg(iterations=5, lr=0.1, levels=("c3", "c5"), hflip=False, name="option")
+    assert resolve_config(Cfg, overrides=["iterations=7", "name=option"]).iterations == 7
+
+
+def test_yaml_list_and_types():
+    cfg = resolve_config(Cfg, overrides=["levels=[c4]", "lr=1e-3", "amp=bf16", "iterations=3.0"])
+    assert cfg.levels == ("c4",) and cfg.lr == pytest.approx(1e-3) and cfg.amp == "bf16"
+    assert cfg.iterations == 3 and isinstance(cfg.iterations, int)
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (["iterations=2.5"], "integer"),
+    (["amp=fp8"], "not one of"),
+    (["nope=1"], "unknown config key"),
+    (["iterations"], "key=value"),
+    (["hflip=maybe"], "true/false"),
+])
+def test_bad_overrides_are_clear(bad, msg):
+    with pytest.raises(ConfigError, match=msg):
+        resolve_config(Cfg, overrides=bad)
+
+
+def test_unknown_preset_and_bad_file(tmp_path):
+    with pytest.raises(ConfigError, match="available: tiny"):
+        resolve_config(Cfg, presets=PRESETS, preset="big")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        resolve_config(Cfg, config_file=bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_yaml(tmp_path / "missing.yaml")
+
+
+def test_saved_config_loads_back(tmp_path):
+    cfg = resolve_config(Cfg, overrides=["levels=c5", "lr=0.5"])
+    save_config(cfg, tmp_path / "c.yaml")
+    assert resolve_config(Cfg, config_file=tmp_path / "c.yaml") == cfg
