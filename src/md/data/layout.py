@@ -1,0 +1,320 @@
+"""What the KAIST and MFNet readers share: the sample record, the dataset base class, layout
+detection, list files, image loading, `validate` and `dataset_fingerprint`.
+
+Layouts on disk (see docs/internals.md, "Images and samples"):
+
+- KAIST: ``images/setXX/VYYY/{visible,lwir}/IZZZZZ.{png,jpg}`` and
+  ``annotations/setXX/VYYY/IZZZZZ.txt`` (bbGt v3); task ``detection``.
+- MFNet: ``images/NAME.png`` (4 channels: RGB + thermal) and ``labels/NAME.png`` (one
+  channel, classes 0..8); task ``segmentation``.
+
+Existence of every file is checked when the dataset is opened (cheap `stat` calls, so a
+missing modality file fails before any training starts); sizes, decodability and annotation
+contents are checked lazily when an item is loaded, and for every sample by `validate`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from md.errors import ConfigError, DataError
+
+Item = dict[str, Any]
+
+KAIST_SET_DIR = re.compile(r"set\d{2}")
+
+LAYOUTS_HINT = (
+    "expected KAIST (images/setXX/VYYY/{visible,lwir}/IZZZZZ.png + "
+    "annotations/setXX/VYYY/IZZZZZ.txt) or MFNet (images/NAME.png with 4 channels + "
+    "labels/NAME.png)"
+)
+
+_HASH_CHUNK = 1 << 20  # bytes read per step when hashing: files are streamed, never slurped
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One visible/thermal pair on disk.
+
+    For MFNet `visible_path` and `thermal_path` are the same 4-channel PNG. `target_path` is
+    the bbGt annotation (KAIST) or the label PNG (MFNet).
+    """
+
+    id: str  # dataset-relative key: "set06/V001/I00459" or "00101D"
+    group: str  # "day", "night" or "unknown" (see the layout modules)
+    visible_path: Path
+    thermal_path: Path
+    target_path: Path
+
+    def files(self) -> dict[str, Path]:
+        """Role -> path, one entry per distinct file (MFNet's shared image is ``image``)."""
+        roles: dict[str, Path] = (
+            {"image": self.visible_path}
+            if self.visible_path == self.thermal_path
+            else {"visible": self.visible_path, "thermal": self.thermal_path}
+        )
+        roles["annotation" if self.target_path.suffix == ".txt" else "label"] = self.target_path
+        return roles
+
+
+class PairedDataset(Dataset[Item]):
+    """Map-style dataset of visible/thermal pairs; subclasses implement `load`.
+
+    Items are dicts as in docs/internals.md. `samples` keeps the list-file order (the KAIST
+    evaluator numbers images in that order), or sorted ids when every sample is used.
+    """
+
+    layout: ClassVar[str]
+    task: ClassVar[str]
+
+    def __init__(
+        self, root: Path, samples: list[Sample], split: str | None, list_file: Path | None
+    ) -> None:
+        self.root = root
+        self.samples = samples
+        self.split = split  # "train", ... when opened by split name, else None
+        self.list_file = list_file  # the list actually read, or None for "all samples"
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Item:
+        return self.load(self.samples[index])
+
+    def load(self, sample: Sample) -> Item:
+        """Read one sample from disk; raises `DataError` naming the file at fault."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(root={str(self.root)!r}, layout={self.layout!r}, "
+            f"samples={len(self)}, list_file={self.list_file and str(self.list_file)!r})"
+        )
+
+
+# --- layout detection and opening ----------------------------------------------------------
+
+
+def detect_layout(root: Path) -> str:
+    """``"kaist"`` or ``"mfnet"`` from the folder structure; `DataError` if neither."""
+    images = root / "images"
+    if not root.is_dir():
+        raise DataError(f"{root}: no such dataset folder; pass the folder that holds images/")
+    if not images.is_dir():
+        raise DataError(f"{root}: no images/ folder, so neither layout; {LAYOUTS_HINT}")
+    has_sets = any(p.is_dir() and KAIST_SET_DIR.fullmatch(p.name) for p in images.iterdir())
+    if has_sets:
+        if not (root / "annotations").is_dir():
+            raise DataError(
+                f"{root}: images/setXX found but no annotations/ folder; add "
+                "annotations/setXX/VYYY/IZZZZZ.txt (bbGt v3), one per image"
+            )
+        return "kaist"
+    if any(images.glob("*.png")):
+        if not (root / "labels").is_dir():
+            raise DataError(
+                f"{root}: images/*.png found but no labels/ folder; add labels/NAME.png "
+                "(one channel, classes 0..8), one per image"
+            )
+        return "mfnet"
+    raise DataError(f"{root}: folder is in neither layout; {LAYOUTS_HINT}")
+
+
+def open_dataset(
+    root: str | Path, split: str | None = None, list_file: str | Path | None = None
+) -> PairedDataset:
+    """Open a KAIST- or MFNet-layout folder as a map-style dataset.
+
+    `split="train"` reads ``ROOT/train.txt`` (KAIST also ``ROOT/imageSets/train.txt``);
+    `list_file` is an explicit list path; with neither, every sample found, sorted by id.
+    """
+    # Imported here: the layout modules subclass `PairedDataset` from this module.
+    from md.data.kaist import KaistDataset
+    from md.data.mfnet import MfnetDataset
+
+    root = Path(root)
+    if split is not None and list_file is not None:
+        raise ConfigError(f"{root}: pass either split={split!r} or list_file, not both")
+    layout = detect_layout(root)
+    cls: type[KaistDataset] | type[MfnetDataset] = (
+        KaistDataset if layout == "kaist" else MfnetDataset
+    )
+    path = resolve_list(root, split, list_file, cls.list_dirs)
+    return cls.open(root, split=split, list_file=path)
+
+
+def resolve_list(
+    root: Path, split: str | None, list_file: str | Path | None, list_dirs: Sequence[str]
+) -> Path | None:
+    """The list file to read: `list_file`, or ``{dir}/{split}.txt`` for dir in `list_dirs`."""
+    if list_file is not None:
+        path = Path(list_file)
+        if not path.is_file():
+            raise DataError(f"{path}: list file not found; pass an existing image-set list")
+        return path
+    if split is None:
+        return None
+    candidates = [root / d / f"{split}.txt" for d in list_dirs]
+    for path in candidates:
+        if path.is_file():
+            return path
+    tried = " or ".join(str(p) for p in candidates)
+    raise DataError(f"{tried}: split {split!r} not found; add that list or pick another split")
+
+
+def read_list(path: Path) -> list[tuple[int, str]]:
+    """(line number, entry) for each non-blank line; ``#`` starts a comment line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read list file ({e}); re-save it as UTF-8 text") from e
+    entries = []
+    seen: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        if entry in seen:
+            raise DataError(
+                f"{path} line {number}: {entry!r} repeats line {seen[entry]}; "
+                "remove the duplicate (it would count twice in metrics)"
+            )
+        seen[entry] = number
+        entries.append((number, entry))
+    if not entries:
+        raise DataError(f"{path}: list file has no entries; add one sample id per line")
+    return entries
+
+
+def first_existing(stem: Path, suffixes: Iterable[str]) -> Path | None:
+    """``stem.with_suffix(s)`` for the first suffix that exists, else None."""
+    for suffix in suffixes:
+        path = stem.with_name(stem.name + suffix)
+        if path.is_file():
+            return path
+    return None
+
+
+# --- image loading ---------------------------------------------------------------------------
+
+
+def read_image(path: Path) -> Image.Image:
+    """Open and fully decode an image; `DataError` naming the file if it is missing or corrupt."""
+    if not path.is_file():
+        raise DataError(f"{path}: image file is missing; restore it or drop the sample")
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now: a truncated file must fail here, not inside a worker
+            return img.copy()
+    except Exception as e:  # PIL raises many types (OSError, SyntaxError, zlib/struct errors)
+        raise DataError(
+            f"{path}: unreadable or corrupt image ({type(e).__name__}: {e}); "
+            "re-copy or re-export the file"
+        ) from e
+
+
+def image_to_tensor(array: np.ndarray, scale: float = 255.0) -> torch.Tensor:
+    """(H, W) or (H, W, C) integer array -> float32 (C, H, W) tensor in [0, 1]."""
+    if array.ndim == 2:
+        array = array[:, :, None]
+    # np.array copies: torch.from_numpy on PIL's read-only buffer would warn.
+    tensor = torch.from_numpy(np.array(array, dtype=np.float32, copy=True))
+    return tensor.permute(2, 0, 1).contiguous().div_(scale)
+
+
+_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+
+def load_rgb(path: Path) -> torch.Tensor:
+    """A visible image as float32 (3, H, W) in [0, 1]; gray or RGBA files are converted."""
+    img = read_image(path)
+    return image_to_tensor(np.asarray(img.convert("RGB")))
+
+
+def load_gray(path: Path) -> torch.Tensor:
+    """A thermal image as float32 (1, H, W) in [0, 1].
+
+    KAIST stores lwir frames as 3-channel gray JPG/PNG whose channels differ by a few
+    levels; they are reduced with PIL's luminance conversion ("L"). 16-bit files are
+    scaled by 65535 instead of 255.
+    """
+    img = read_image(path)
+    if img.mode in _SIXTEEN_BIT:
+        return image_to_tensor(np.asarray(img, dtype=np.float32), scale=65535.0)
+    return image_to_tensor(np.asarray(img.convert("L")))
+
+
+def check_same_size(a: torch.Tensor, a_path: Path, b: torch.Tensor, b_path: Path) -> None:
+    """`DataError` naming both files unless the two (C, H, W) images share H and W."""
+    if a.shape[-2:] != b.shape[-2:]:
+        (ha, wa), (hb, wb) = a.shape[-2:], b.shape[-2:]
+        raise DataError(
+            f"{b_path}: size {wb}x{hb} differs from {a_path} ({wa}x{ha}); "
+            "re-export the pair at one resolution (registered visible/thermal pairs)"
+        )
+
+
+# --- whole-dataset checks --------------------------------------------------------------------
+
+
+def validate(ds: PairedDataset, on_item: Callable[[Item], None] | None = None) -> list[DataError]:
+    """Load every sample and return the problems found (an empty list means clean).
+
+    Runs the same checks as item loading (decodable images, matching sizes, well-formed
+    annotations / labels). `on_item` sees each good item, so a caller (``md data inspect``)
+    can gather statistics in the same pass.
+    """
+    problems: list[DataError] = []
+    for index in range(len(ds)):
+        try:
+            item = ds[index]
+        except DataError as e:
+            problems.append(e)
+            continue
+        if on_item is not None:
+            on_item(item)
+    return problems
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, streamed in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def dataset_fingerprint(ds: PairedDataset) -> dict[str, Any]:
+    """Provenance of a dataset's contents, JSON-ready and independent of where it lives.
+
+    Returns ``{"layout", "task", "num_samples", "ids" (sorted), "files": {id: {role: sha256}},
+    "sha256"}``; roles come from `Sample.files` (KAIST ``visible``/``thermal``/``annotation``,
+    MFNet ``image``/``label``). The combined ``sha256`` covers layout, ids, roles and file
+    hashes, so renaming a list file or moving the folder does not change it.
+    """
+    by_id = {s.id: s for s in ds.samples}
+    ids = sorted(by_id)
+    files = {i: {role: sha256_file(p) for role, p in by_id[i].files().items()} for i in ids}
+    combined = hashlib.sha256(f"md-dataset-v1\n{ds.layout}\n".encode())
+    for i in ids:
+        for role in sorted(files[i]):
+            combined.update(f"{i}\t{role}\t{files[i][role]}\n".encode())
+    return {
+        "layout": ds.layout,
+        "task": ds.task,
+        "num_samples": len(ids),
+        "ids": ids,
+        "files": files,
+        "sha256": combined.hexdigest(),
+    }
