@@ -52,11 +52,13 @@ def not_yet_available(name: str, issue: int) -> click.Command:
 
 def _register() -> None:
     from md.cli import data as data_cli
+    from md.cli import evaluate as evaluate_cli
+    from md.cli import train_teacher as train_teacher_cli
 
     main.add_command(data_cli.data)
+    main.add_command(train_teacher_cli.train_teacher)
+    main.add_command(evaluate_cli.evaluate)
     for name, issue in (
-        ("train-teacher", 3),
-        ("evaluate", 3),
         ("cache-teacher", 4),
         ("store", 4),
         ("train-student", 5),

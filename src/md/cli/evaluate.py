@@ -1,0 +1,120 @@
+"""`md evaluate ...`: published metrics of saved outputs (KAIST results files, MFNet PNGs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, cast
+
+import click
+
+from md.errors import MdError
+from md.eval import kaist, mfnet
+
+
+class _EvaluateGroup(click.Group):
+    """Turns `MdError` into one line, ``md: error: ...``, and exit status 2 (no traceback)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MdError as e:
+            click.echo(f"md: error: {e}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_EvaluateGroup)
+def evaluate() -> None:
+    """Evaluate saved outputs with the published protocols (KAIST miss rate, MFNet mIoU)."""
+
+
+@evaluate.command("kaist-results")
+@click.argument("results", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--annotations",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="KAIST test annotations, KAIST_annotation.json (2,252 images, improved annotations).",
+)
+@click.option(
+    "--subset",
+    type=click.Choice(kaist.SUBSETS),
+    default=None,
+    help="Evaluate one subset only; with day or night the file numbers its images within "
+    "that subset (1..1455 day, 1..797 night). Default: all three, numbered over all images.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def kaist_results(results: Path, annotations: Path, subset: str | None, as_json: bool) -> None:
+    """Log-average miss rate (percent, reasonable setting) of a KAIST RESULTS file.
+
+    RESULTS holds one detection per line: image_index,x,y,w,h,score, with a 1-based image
+    index in annotation order. The protocol is Dollár's toolbox as in the KAIST papers:
+    GTs under 55 px, occluded beyond partial or crossing the 5 px border band are ignored;
+    IoU 0.5; FPPI references 10^(-2:0.25:0).
+    """
+    ann = kaist.load_annotations(annotations)
+    chosen = cast(kaist.Subset, subset or "all")
+    detections = kaist.load_results(results, ann, numbering=chosen)
+    subsets = (chosen,) if subset else kaist.SUBSETS
+    rates = kaist.miss_rates(ann, detections, subsets)
+    if as_json:
+        click.echo(json.dumps({"miss_rate": rates}))
+        return
+    click.echo(f"KAIST log-average miss rate, reasonable setting: {results.name}")
+    for name, rate in rates.items():
+        click.echo(f"  {name:<6} {rate:6.2f} %")
+
+
+@evaluate.command("mfnet-predictions")
+@click.argument("pred_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--labels",
+    "labels_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="MFNet root with labels/ inside, or the labels folder itself (<name>.png, 0..8).",
+)
+@click.option(
+    "--list",
+    "list_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Image list, one name per line (e.g. test.txt). Default: every label PNG.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def mfnet_predictions(
+    pred_dir: Path, labels_dir: Path, list_file: Path | None, as_json: bool
+) -> None:
+    """Mean accuracy and mean IoU (percent) of MFNet prediction PNGs in PRED_DIR.
+
+    PRED_DIR holds one single-channel PNG of class indices 0..8 per image, named like its
+    label and at the label's size. Means run over the 9 classes including unlabeled, leaving
+    out classes without ground-truth pixels (RTFNet convention); day / night by the D / N
+    name suffix.
+    """
+    report = mfnet.evaluate_predictions(pred_dir, labels_dir, list_file)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(_mfnet_table(report))
+
+
+def _mfnet_table(report: mfnet.Report) -> str:
+    """Classes as rows; accuracy and IoU for all / day / night as columns."""
+    subsets = mfnet.SUBSETS
+    head = "".join(f"{'acc ' + s:>11}" for s in subsets) + "".join(
+        f"{'IoU ' + s:>11}" for s in subsets
+    )
+    lines = [f"{'class':<12}{head}"]
+    per_class = report["per_class"]
+    for name in mfnet.CLASSES:
+        cells = [per_class[s][name]["accuracy"] for s in subsets]
+        cells += [per_class[s][name]["iou"] for s in subsets]
+        lines.append(f"{name:<12}" + "".join(_cell(v) for v in cells))
+    means = [report["mean_accuracy"][s] for s in subsets] + [report["mean_iou"][s] for s in subsets]
+    lines.append(f"{'mean':<12}" + "".join(_cell(v) for v in means))
+    return "\n".join(lines)
+
+
+def _cell(value: float | None) -> str:
+    return f"{'-':>11}" if value is None else f"{value:11.2f}"

@@ -1,0 +1,48 @@
+"""`md train-teacher`: train the two-stream GAFF teacher or the decision-level baseline."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from md.config import resolve_config
+
+
+@click.command("train-teacher", context_settings={"ignore_unknown_options": False})
+@click.option("--task", type=click.Choice(["detection", "segmentation"]), default=None,
+              help="Task; must match the dataset's layout (KAIST = detection, MFNet = "
+                   "segmentation).")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
+              help="Dataset root in the KAIST or MFNet layout.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Checkpoint to write (e.g. teacher.pt); logs and config go beside it.")
+@click.option("--fusion", type=click.Choice(["gaff", "decision"]), default=None,
+              help="Feature-level GAFF teacher (default) or the decision-level baseline.")
+@click.option("--preset", type=click.Choice(["cpu-tiny", "cpu-demo", "gpu-full"]), default=None,
+              help="Size preset: cpu-tiny (seconds), cpu-demo (the demo), gpu-full (the paper).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="YAML file of config fields (applied after the preset).")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run from OUT.resume (same data and options).")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+@click.argument("overrides", nargs=-1)
+def train_teacher(task: str | None, data_dir: str | None, out: str, fusion: str | None,
+                  preset: str | None, config_file: str | None, resume: bool, as_json: bool,
+                  overrides: tuple[str, ...]) -> None:
+    """Train a teacher. OVERRIDES are key=value config fields, e.g. iterations=30 seed=1."""
+    from md.train import teacher
+
+    cfg = resolve_config(teacher.TeacherTrainConfig, presets=teacher.PRESETS, preset=preset,
+                         config_file=config_file, overrides=overrides, task=task,
+                         data=data_dir, fusion=fusion)
+    if not cfg.data:
+        raise click.UsageError("--data is required (or data: in the config file)")
+    summary = teacher.run(cfg, out=out, resume=resume)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    elif summary["completed"]:
+        click.echo(f"wrote {summary['out']} ({summary['iteration']} iterations, "
+                   f"{summary['seconds']:.1f} s on {summary['device']})")
+    else:
+        click.echo(f"stopped at iteration {summary['iteration']}; continue with --resume")
