@@ -28,7 +28,7 @@ def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
     """sha256 over names, dtypes, shapes and bytes of the tensors, in key order."""
     h = hashlib.sha256()
     for name in sorted(state_dict):
-        t = state_dict[name].detach().cpu().contiguous()
+        t = state_dict[name].detach().cpu().contiguous().reshape(-1)  # 0-d tensors too
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
