@@ -24,6 +24,15 @@ from md.train.metrics_log import MetricsLog, plot_loss_curves
 
 LossFn = Callable[[nn.Module, dict[str, Any]], dict[str, torch.Tensor]]
 
+# Config fields that steer a run but do not change what it computes: a resume may differ in
+# these (e.g. stop_after, more workers, no progress bar) and still reach the same weights.
+RUN_CONTROL_FIELDS = frozenset({"stop_after", "progress", "num_workers", "log_every",
+                                "checkpoint_every", "device"})
+
+
+def training_identity(config: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (config or {}).items() if k not in RUN_CONTROL_FIELDS}
+
 
 @dataclass(frozen=True)
 class LoopSettings:
@@ -172,10 +181,12 @@ def _restore(model: nn.Module, opt: torch.optim.Optimizer, out: Path, meta: dict
         raise MdError(f"{path}: nothing to resume (no resume file beside {out.name}); "
                       "run without --resume")
     ckpt = load_checkpoint(path, task=meta.get("task"), model_kind=meta.get("model_kind"))
-    for key in ("config", "dataset_fingerprint"):
-        if ckpt.get(key) != meta.get(key):
-            raise MdError(f"{path}: the interrupted run used a different {key.replace('_', ' ')}; "
-                          "resume with the same data and options, or start over without --resume")
+    if training_identity(ckpt.get("config")) != training_identity(meta.get("config")):
+        raise MdError(f"{path}: the interrupted run used a different config; resume with the "
+                      "same options, or start over without --resume")
+    if ckpt.get("dataset_fingerprint") != meta.get("dataset_fingerprint"):
+        raise MdError(f"{path}: the interrupted run used different data; resume with the same "
+                      "dataset, or start over without --resume")
     model.load_state_dict(ckpt["weights"])
     opt.load_state_dict(ckpt["optimizer"])
     for state in opt.state.values():

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from md.config import config_to_dict, save_config
@@ -38,6 +37,7 @@ class TeacherTrainConfig:
     levels: tuple[str, ...] = ("c3", "c4", "c5")  # GAFF-fused levels
     pretrained: str = ""  # local torchvision resnet18 weight file (width 1 only)
     assign: Literal["iou", "mutual_guidance"] = "iou"  # detection label assignment
+    head_channels: int = 128  # neck / PSP channels of the task head (smaller on CPU presets)
     iterations: int = 0  # 0 = the task's default (3,500 detection / 14,000 segmentation)
     batch_size: int = 16
     lr: float = 1e-2
@@ -59,10 +59,10 @@ class TeacherTrainConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Seconds on 2 CPU cores: tests and smoke runs.
-    "cpu-tiny": {"width": 0.125, "batch_size": 4, "iterations": 20, "warmup_iters": 5,
+    "cpu-tiny": {"width": 0.125, "head_channels": 32, "batch_size": 4, "iterations": 20, "warmup_iters": 5,
                  "log_every": 2, "checkpoint_every": 10},
     # The demo's size: a few minutes on 2 CPU cores at the synthetic default resolution.
-    "cpu-demo": {"width": 0.25, "batch_size": 8, "iterations": 400, "warmup_iters": 50,
+    "cpu-demo": {"width": 0.25, "head_channels": 64, "batch_size": 8, "iterations": 400, "warmup_iters": 50,
                  "log_every": 10, "checkpoint_every": 100},
     # The paper's recipe on a GPU.
     "gpu-full": {"width": 1.0, "batch_size": 16, "iterations": 0, "warmup_iters": 500,
@@ -73,14 +73,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 def model_args(cfg: TeacherTrainConfig, num_classes: int) -> dict[str, Any]:
     """Constructor arguments saved in the checkpoint so evaluation can rebuild the model."""
     args: dict[str, Any] = {"width": cfg.width, "num_classes": num_classes}
-    if cfg.task == "detection":
-        args["head_kwargs"] = {"assign": cfg.assign}
+    args["head_kwargs"] = head_kwargs(cfg.task, cfg.head_channels, cfg.assign)
     if cfg.fusion == "gaff":
         args["levels"] = list(cfg.levels)
     return args
 
 
-def _augment(cfg: TeacherTrainConfig):  # noqa: ANN202 - returns a closure
+def head_kwargs(task: str, channels: int, assign: str = "iou") -> dict[str, Any]:
+    """Task-head options shared by teachers and students (same head on both sides)."""
+    if task == "detection":
+        return {"assign": assign, "neck_channels": channels}
+    return {"psp_channels": channels, "decoder_channels": channels}
+
+
+def _augment(cfg: TeacherTrainConfig) -> Any:
     if not cfg.hflip:
         return None
 
@@ -117,7 +123,7 @@ def run(cfg: TeacherTrainConfig, *, out: str | Path, resume: bool = False) -> di
                           pin_memory=torch.cuda.is_available(),
                           persistent_workers=False)
 
-    def loss_fn(m: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def loss_fn(m: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         return m.loss(m(batch["visible"], batch["thermal"]), batch)
 
     settings = LoopSettings(

@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny synthetic datasets (made once per session) and the real data path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from md.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def run_cli(*args: str, expect: int = 0) -> str:
+    """Invoke `md ARGS...` in-process; assert the exit code; return stdout + stderr."""
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    out = result.output  # click >= 8.2: stdout and stderr interleaved
+    assert result.exit_code == expect, out
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_det(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny KAIST-layout synthetic detection set (8 train, 4 test, 96x80)."""
+    out = tmp_path_factory.mktemp("synth") / "det"
+    run_cli("data", "synth", "--task", "detection", "--out", str(out), "--n-train", "8",
+            "--n-test", "4", "--size", "96x80", "--seed", "0")
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_seg(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny MFNet-layout synthetic segmentation set (8 train, 4 test, 96x64)."""
+    out = tmp_path_factory.mktemp("synth") / "seg"
+    run_cli("data", "synth", "--task", "segmentation", "--out", str(out), "--n-train", "8",
+            "--n-test", "4", "--size", "96x64", "--seed", "0")
+    return out

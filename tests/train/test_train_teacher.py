@@ -1,0 +1,105 @@
+"""`md train-teacher` end to end on tiny synthetic data: outputs, resume, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from md.train.checkpoint import load_checkpoint
+from md.train.metrics_log import read_log
+from tests.conftest import run_cli
+
+TINY = ["--preset", "cpu-tiny", "batch_size=2", "progress=false"]
+
+
+def _train(data, out, *extra):
+    return run_cli("train-teacher", "--data", str(data), "--out", str(out), *TINY, *extra)
+
+
+def test_detection_teacher_writes_checkpoint_log_curve_and_config(synth_det, tmp_path):
+    out = tmp_path / "teacher.pt"
+    _train(synth_det, out, "--task", "detection", "iterations=4", "log_every=1")
+    ck = load_checkpoint(out, task="detection", model_kind="teacher")
+    assert ck["iteration"] == 4 and ck["model_args"]["levels"] == ["c3", "c4", "c5"]
+    fp = ck["dataset_fingerprint"]
+    assert fp["num_samples"] == 8 and len(fp["sha256"]) == 64
+    assert ck["config"]["iterations"] == 4 and ck["config"]["width"] == 0.125
+    torch.load(out, weights_only=True)  # loadable without pickled classes
+    log = read_log(tmp_path / "teacher.metrics.jsonl")
+    assert [r["iteration"] for r in log] == [0, 1, 2, 3]
+    assert {"loss/total", "loss/cls", "loss/box", "loss/gaff_intra", "loss/gaff_inter"} <= set(
+        log[0])
+    assert log[0]["lr"] == pytest.approx(1e-6)  # warm-up starts at 1e-6 (MD §4.2)
+    assert (tmp_path / "teacher.loss.png").stat().st_size > 1000
+    saved = yaml.safe_load((tmp_path / "teacher.config.yaml").read_text())
+    assert saved["iterations"] == 4 and saved["task"] == "detection"
+    assert not (tmp_path / "teacher.pt.resume").exists()
+
+
+def test_resume_reaches_the_same_weights(synth_det, tmp_path):
+    full, cut = tmp_path / "full.pt", tmp_path / "cut.pt"
+    args = ("--task", "detection", "iterations=6", "checkpoint_every=100")
+    _train(synth_det, full, *args)
+    out = _train(synth_det, cut, *args, "stop_after=3")
+    assert "continue with --resume" in out and (tmp_path / "cut.pt.resume").exists()
+    _train(synth_det, cut, *args, "--resume")
+    a = load_checkpoint(full)["weights"]
+    b = load_checkpoint(cut)["weights"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged"
+    log_full = read_log(tmp_path / "full.metrics.jsonl")
+    log_cut = read_log(tmp_path / "cut.metrics.jsonl")
+    assert [r["iteration"] for r in log_cut] == [r["iteration"] for r in log_full]
+    assert log_cut[-1]["loss/total"] == pytest.approx(log_full[-1]["loss/total"])
+
+
+def test_resume_refuses_other_options(synth_det, tmp_path):
+    out = tmp_path / "t.pt"
+    _train(synth_det, out, "--task", "detection", "iterations=4", "stop_after=1")
+    err = run_cli("train-teacher", "--data", str(synth_det), "--out", str(out), *TINY,
+                  "--task", "detection", "iterations=5", "--resume", expect=2)
+    assert "different config" in err
+    err = run_cli("train-teacher", "--data", str(synth_det), "--out", str(tmp_path / "x.pt"),
+                  *TINY, "--task", "detection", "--resume", expect=2)
+    assert "nothing to resume" in err
+
+
+def test_segmentation_decision_teacher_and_evaluate(synth_seg, tmp_path):
+    out = tmp_path / "dec.pt"
+    _train(synth_seg, out, "--task", "segmentation", "--fusion", "decision", "iterations=2")
+    ck = load_checkpoint(out, task="segmentation", model_kind="decision")
+    assert {"visible.trunk.conv1.weight", "thermal.trunk.conv1.weight"} <= set(ck["weights"])
+    preds = tmp_path / "preds"
+    res = json.loads(run_cli("evaluate", "model", str(out), "--data", str(synth_seg),
+                             "--save-results", str(preds), "--json"))
+    assert set(res["mean_accuracy"]) == {"all", "day", "night"}
+    assert 0 <= res["mean_iou"]["all"] <= 100 and res["samples"] == 4
+    assert len(list(preds.glob("*.png"))) == 4
+    # The predictions on disk score the same through the file-based evaluator.
+    again = json.loads(run_cli("evaluate", "mfnet-predictions", str(preds), "--labels",
+                               str(synth_seg), "--list", str(synth_seg / "test.txt"), "--json"))
+    assert again["mean_iou"]["all"] == pytest.approx(res["mean_iou"]["all"])
+
+
+def test_evaluate_detection_teacher_and_wrong_task(synth_det, synth_seg, tmp_path):
+    out = tmp_path / "t.pt"
+    _train(synth_det, out, "--task", "detection", "iterations=2")
+    results = tmp_path / "results.txt"
+    res = json.loads(run_cli("evaluate", "model", str(out), "--data", str(synth_det),
+                             "--save-results", str(results), "--latency", "--json"))
+    assert set(res["miss_rate"]) == {"all", "day", "night"}
+    assert res["latency"]["median_ms"] > 0 and res["latency"]["device"] == "cpu"
+    if results.stat().st_size:
+        first = results.read_text().splitlines()[0].split(",")
+        assert len(first) == 6 and 1 <= int(first[0]) <= 4
+    err = run_cli("evaluate", "model", str(out), "--data", str(synth_seg), expect=2)
+    assert "detection checkpoint" in err and "segmentation" in err
+
+
+def test_task_mismatch_with_data_is_one_line(synth_seg, tmp_path):
+    err = run_cli("train-teacher", "--data", str(synth_seg), "--out", str(tmp_path / "t.pt"),
+                  *TINY, "--task", "detection", expect=2)
+    assert "pass --task segmentation" in err and len(err.strip().splitlines()) == 1
