@@ -103,3 +103,14 @@ def test_task_mismatch_with_data_is_one_line(synth_seg, tmp_path):
     err = run_cli("train-teacher", "--data", str(synth_seg), "--out", str(tmp_path / "t.pt"),
                   *TINY, "--task", "detection", expect=2)
     assert "pass --task segmentation" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_autocast_and_channels_last_paths_run(synth_det, tmp_path, amp):
+    # The CUDA recipe uses autocast + channels_last; CPU autocast exercises the same code path
+    # (fp16 also goes through the GradScaler). Numbers on a GPU are for the benchmarks.
+    out = tmp_path / f"{amp}.pt"
+    _train(synth_det, out, "--task", "detection", "iterations=2", f"amp={amp}",
+           "channels_last=true", "device=cpu")
+    ck = load_checkpoint(out)
+    assert all(torch.isfinite(v).all() for v in ck["weights"].values() if v.is_floating_point())
