@@ -53,14 +53,15 @@ def not_yet_available(name: str, issue: int) -> click.Command:
 def _register() -> None:
     from md.cli import data as data_cli
     from md.cli import evaluate as evaluate_cli
+    from md.cli import store as store_cli
     from md.cli import train_teacher as train_teacher_cli
 
     main.add_command(data_cli.data)
+    main.add_command(store_cli.store)
     main.add_command(train_teacher_cli.train_teacher)
     main.add_command(evaluate_cli.evaluate)
     for name, issue in (
         ("cache-teacher", 4),
-        ("store", 4),
         ("train-student", 5),
         ("bench", 6),
         ("demo", 6),

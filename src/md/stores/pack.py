@@ -1,0 +1,217 @@
+"""`pack` a directory store into one shippable zip, `unpack` it safely, check its manifest.
+
+The zip is ZIP_STORED (chunks are already zstd-compressed; stored members keep byte-range
+reads cheap, so the zip is read directly as a read-only store) with fixed timestamps and
+sorted members, so packing the same store twice gives the same bytes. A manifest
+(``md_manifest.json``: sha256 and size per member) goes in last; `unpack` and `verify` check it.
+`unpack` refuses absolute paths, ``..``, backslashes, drive letters, links, members not in
+the manifest, and extracts into a temporary sibling that is renamed only when all is well.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from md.errors import StoreError
+from md.stores.backends import parse_location
+from md.stores.target_store import open_store
+
+MANIFEST_NAME = "md_manifest.json"
+MANIFEST_FORMAT = "md-store-pack"
+MANIFEST_VERSION = 1
+_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: reproducible zips
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def pack(
+    url: str | os.PathLike[str],
+    zip_path: str | os.PathLike[str],
+    *,
+    allow_incomplete: bool = False,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Pack the directory store at `url` into `zip_path`; returns a summary (files, bytes).
+
+    Refuses an incomplete store unless `allow_incomplete`, and an existing zip unless `force`.
+    """
+    loc = parse_location(url)
+    if loc.kind != "local":
+        raise StoreError(f"{loc.url}: only a directory store can be packed")
+    root, out = Path(loc.path), Path(zip_path)
+    with open_store(root) as ts:  # raises if it is not a readable store
+        missing = ts.missing_shards()
+    if missing and not allow_incomplete:
+        raise StoreError(
+            f"{root}: shards {missing} were never written; finish the store first, or pass --allow-incomplete"
+        )
+    _check_output(root, out, force)
+    files = _store_files(root)
+    tmp = out.with_name(out.name + ".partial")
+    entries: dict[str, dict[str, Any]] = {}
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for rel in files:
+                data = (root / rel).read_bytes()
+                zf.writestr(_member(rel), data)
+                entries[rel] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+            manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "files": entries}
+            zf.writestr(_member(MANIFEST_NAME), json.dumps(manifest, indent=1, sort_keys=True))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {
+        "zip": str(out),
+        "files": len(files),
+        "bytes": out.stat().st_size,
+        "incomplete_shards": missing,
+    }
+
+
+def _check_output(root: Path, out: Path, force: bool) -> None:
+    if out.suffix.lower() != ".zip":
+        raise StoreError(
+            f"{out}: the packed store must end in .zip (that is how it is opened later)"
+        )
+    if out.resolve().is_relative_to(root.resolve()):
+        raise StoreError(f"{out} lies inside the store {root}: write the zip elsewhere")
+    if out.exists() and not force:
+        raise StoreError(f"{out} already exists: remove it or pass --force")
+
+
+def _store_files(root: Path) -> list[str]:
+    """Relative POSIX paths of the store's files, sorted; writers' temp files are skipped."""
+    files = []
+    for path in root.rglob("*"):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            raise StoreError(f"{path}: links are not packed; replace it with a regular file")
+        if path.is_file() and not path.name.endswith(".partial") and rel != MANIFEST_NAME:
+            files.append(rel)
+    return sorted(files)
+
+
+def _member(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=_EPOCH)
+    info.compress_type = zipfile.ZIP_STORED
+    info.external_attr = 0o644 << 16  # regular file, rw-r--r--
+    return info
+
+
+def unpack(zip_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
+    """Extract a packed store into `out_dir` (new or empty) after checking every member."""
+    src, dest = Path(zip_path), Path(out_dir)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise StoreError(f"{dest} exists and is not an empty directory: choose a new directory")
+    tmp = dest.with_name(f".{dest.name}.unpack-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with _open_zip(src) as zf:
+            entries = _checked_members(zf, src)
+            for name, want in entries.items():
+                data = _read_member(zf, src, name)
+                _check_digest(src, name, data, want)
+                target = tmp.joinpath(*PurePosixPath(name).parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+        if dest.exists():
+            dest.rmdir()
+        tmp.rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def check_manifest(zip_path: str | os.PathLike[str]) -> list[str]:
+    """Problems with a packed zip's members against its manifest ([] if all is well)."""
+    src = Path(zip_path)
+    try:
+        with _open_zip(src) as zf:
+            entries = _checked_members(zf, src)
+            problems = []
+            for name, want in entries.items():
+                try:
+                    _check_digest(src, name, _read_member(zf, src, name), want)
+                except StoreError as e:
+                    problems.append(str(e))
+            return problems
+    except StoreError as e:
+        return [str(e)]
+
+
+def _open_zip(src: Path) -> zipfile.ZipFile:
+    if not zipfile.is_zipfile(src):
+        raise StoreError(f"{src} is not a readable zip file: re-pack it with `md store pack`")
+    return zipfile.ZipFile(src, "r")
+
+
+def _checked_members(zf: zipfile.ZipFile, src: Path) -> dict[str, dict[str, Any]]:
+    """Safe member names that match the manifest exactly -> their manifest entries."""
+    names = [info.filename for info in zf.infolist() if not info.is_dir()]
+    for info in zf.infolist():
+        _check_name(src, info)
+    if len(set(names)) != len(names):
+        raise StoreError(f"{src}: duplicate member names; re-pack the store")
+    if MANIFEST_NAME not in names:
+        raise StoreError(
+            f"{src}: no {MANIFEST_NAME} (not made by `md store pack`); re-pack the store"
+        )
+    files = _read_manifest(zf, src)
+    members = set(names) - {MANIFEST_NAME}
+    extra, lost = sorted(members - set(files)), sorted(set(files) - members)
+    if extra or lost:
+        raise StoreError(
+            f"{src}: members not in the manifest {extra[:5]}, missing members {lost[:5]}; re-pack the store"
+        )
+    return {name: files[name] for name in sorted(members)}
+
+
+def _check_name(src: Path, info: zipfile.ZipInfo) -> None:
+    name = info.filename
+    parts = PurePosixPath(name).parts
+    unsafe = (
+        name.startswith(("/", "\\"))
+        or "\\" in name
+        or _DRIVE.match(name)
+        or ".." in parts
+        or "\x00" in name
+        or stat.S_ISLNK(info.external_attr >> 16)
+    )
+    if unsafe:
+        raise StoreError(f"{src}: refusing unsafe member {name!r} (absolute path, '..', or link)")
+
+
+def _read_manifest(zf: zipfile.ZipFile, src: Path) -> dict[str, dict[str, Any]]:
+    try:
+        manifest = json.loads(zf.read(MANIFEST_NAME))
+        ok = manifest.get("format") == MANIFEST_FORMAT and isinstance(manifest.get("files"), dict)
+    except (ValueError, AttributeError):
+        ok = False
+    if not ok:
+        raise StoreError(f"{src}: {MANIFEST_NAME} is malformed; re-pack the store")
+    if int(manifest.get("version", 0)) > MANIFEST_VERSION:
+        raise StoreError(
+            f"{src}: manifest version {manifest['version']} is newer than this md: upgrade md"
+        )
+    return dict(manifest["files"])
+
+
+def _read_member(zf: zipfile.ZipFile, src: Path, name: str) -> bytes:
+    try:
+        return zf.read(name)
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise StoreError(f"{src}: member {name} is unreadable ({e}); re-send the zip") from None
+
+
+def _check_digest(src: Path, name: str, data: bytes, want: dict[str, Any]) -> None:
+    if len(data) != want.get("size") or hashlib.sha256(data).hexdigest() != want.get("sha256"):
+        raise StoreError(
+            f"{src}: member {name} does not match its manifest sha256 (corrupt in transit); re-send the zip"
+        )

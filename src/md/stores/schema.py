@@ -1,0 +1,268 @@
+"""The store schema: which arrays a teacher-target store holds, their shapes and layout.
+
+A `StoreSchema` is a frozen description saved as JSON in the store's group attributes; a
+store is reopened from it, and a resumed writer must present the same schema.
+
+Two vocabularies:
+
+- *target names*: what writers hand to `TargetStore.write_shard` and readers get back from
+  `TargetStore.read` (float32 ``features/L``, float ``attention/L``, extras verbatim);
+- *stored arrays* (`ArraySpec`): what lies in Zarr (``features/L`` as float16 or uint8,
+  ``feature_scale/L``, ``attention/L`` as uint8, ``sample_id``, ``group``, ``written``).
+
+Layout invariant: along the sample axis every stored array is cut at multiples of
+``shard_size`` (a shard of per-sample chunks, or one chunk of ``shard_size`` samples), so a
+writer that owns shard k owns every storage object holding samples of shard k.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from md.errors import StoreError
+from md.stores.codecs import get_preset
+
+SCHEMA_VERSION = 1
+
+Role = Literal["features", "scale", "attention", "extra", "meta"]
+
+# Names become Zarr paths: keep them to identifiers (a level named "c" is still fine).
+_LEVEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_EXTRA_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)?$")
+_EXTRA_DTYPES = ("bool", "uint8", "int16", "int32", "int64", "float16", "float32")
+_TASKS = ("detection", "segmentation")
+# Names the store itself uses; extras may not shadow them.
+_RESERVED_TOPS = (
+    "features",
+    "features_flip",
+    "feature_scale",
+    "feature_scale_flip",
+    "attention",
+    "attention_flip",
+    "sample_id",
+    "group",
+    "written",
+)
+
+
+@dataclass(frozen=True)
+class LevelSpec:
+    """One fused backbone level: teacher features [channels, height, width] at `stride`."""
+
+    name: str  # e.g. "C3"; the Zarr paths are features/<name>, attention/<name>
+    channels: int
+    height: int  # feature-map rows (image height / stride for the store's image size)
+    width: int
+    stride: int  # input pixels per feature cell
+
+    def __post_init__(self) -> None:
+        if not _LEVEL_RE.match(self.name):
+            raise StoreError(f"level name {self.name!r} must be an identifier such as 'C3'")
+        for key in ("channels", "height", "width", "stride"):
+            if int(getattr(self, key)) < 1:
+                raise StoreError(f"level {self.name}: {key} must be >= 1")
+
+
+@dataclass(frozen=True)
+class ExtraSpec:
+    """An optional per-sample array stored verbatim: `shape` excludes the sample axis."""
+
+    name: str  # e.g. "inputs/visible", "labels", "boxes", "num_boxes"
+    shape: tuple[int, ...]
+    dtype: str  # one of _EXTRA_DTYPES
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        if not _EXTRA_RE.match(self.name) or self.name.split("/")[0] in _RESERVED_TOPS:
+            raise StoreError(f"extra array name {self.name!r} is not allowed; use e.g. 'labels'")
+        if self.dtype not in _EXTRA_DTYPES:
+            raise StoreError(
+                f"extra array {self.name}: dtype {self.dtype!r} not in {_EXTRA_DTYPES}"
+            )
+        if any(s < 1 for s in self.shape):
+            raise StoreError(f"extra array {self.name}: shape {self.shape} must be positive")
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One stored Zarr array: shape is (n,) + sample_shape."""
+
+    name: str  # Zarr path inside the group
+    sample_shape: tuple[int, ...]
+    dtype: str  # numpy dtype name, or "str" for variable-length UTF-8
+    role: Role
+    sharded: bool  # per-sample chunks grouped in shards; else one chunk per shard
+    dimension_names: tuple[str | None, ...]
+
+    def chunks(self, shard_size: int) -> tuple[int, ...]:
+        """One sample per chunk when sharded, else one chunk per shard."""
+        return ((1 if self.sharded else shard_size), *self.sample_shape)
+
+    def shards(self, shard_size: int) -> tuple[int, ...] | None:
+        return (shard_size, *self.sample_shape) if self.sharded else None
+
+
+@dataclass(frozen=True)
+class StoreSchema:
+    """What one teacher run stores: N samples cut into shards of `shard_size` samples."""
+
+    n: int  # number of samples
+    shard_size: int  # samples per shard; the unit of writing, resuming and reading
+    levels: tuple[LevelSpec, ...]
+    codec: str = "lossless"  # preset name in md.stores.codecs.PRESETS
+    task: str = "detection"  # or "segmentation"
+    flips: bool = False  # also store features_flip/L, attention_flip/L (horizontal flip)
+    extras: tuple[ExtraSpec, ...] = field(default=())
+    version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "levels", tuple(self.levels))
+        object.__setattr__(self, "extras", tuple(self.extras))
+        if self.n < 1 or self.shard_size < 1:
+            raise StoreError(
+                f"schema needs n >= 1 and shard_size >= 1 (got {self.n}, {self.shard_size})"
+            )
+        if not self.levels:
+            raise StoreError("schema needs at least one level")
+        if self.task not in _TASKS:
+            raise StoreError(f"schema task {self.task!r} must be one of {_TASKS}")
+        names = [lv.name for lv in self.levels] + [e.name for e in self.extras]
+        if len(set(names)) != len(names):
+            raise StoreError(f"schema has duplicate level/extra names: {names}")
+        get_preset(self.codec)
+
+    @property
+    def num_shards(self) -> int:
+        return math.ceil(self.n / self.shard_size)
+
+    def shard_range(self, k: int) -> range:
+        """Sample indices of shard k (the last shard may be shorter)."""
+        if not 0 <= k < self.num_shards:
+            raise StoreError(f"shard {k} out of range: the store has {self.num_shards} shards")
+        return range(k * self.shard_size, min((k + 1) * self.shard_size, self.n))
+
+    def shard_of(self, index: int) -> int:
+        return index // self.shard_size
+
+    def level(self, name: str) -> LevelSpec:
+        for lv in self.levels:
+            if lv.name == name:
+                return lv
+        raise StoreError(f"no level {name!r}; levels are {[lv.name for lv in self.levels]}")
+
+    def target_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-sample shape of every array a writer must supply to `write_shard`."""
+        out: dict[str, tuple[int, ...]] = {}
+        for suffix in ("", "_flip") if self.flips else ("",):
+            for lv in self.levels:
+                out[f"features{suffix}/{lv.name}"] = (lv.channels, lv.height, lv.width)
+                out[f"attention{suffix}/{lv.name}"] = (1, lv.height, lv.width)
+        for e in self.extras:
+            out[e.name] = e.shape
+        return out
+
+    def stored_arrays(self) -> list[ArraySpec]:
+        """Every Zarr array of the store, in creation order (`written` last)."""
+        preset = get_preset(self.codec)
+        chw = ("sample", "channel", "y", "x")
+        specs: list[ArraySpec] = []
+        for suffix in ("", "_flip") if self.flips else ("",):
+            for lv in self.levels:
+                shape = (lv.channels, lv.height, lv.width)
+                specs.append(
+                    ArraySpec(
+                        f"features{suffix}/{lv.name}",
+                        shape,
+                        preset.feature_dtype,
+                        "features",
+                        True,
+                        chw,
+                    )
+                )
+                if preset.quantized:
+                    specs.append(
+                        ArraySpec(
+                            f"feature_scale{suffix}/{lv.name}",
+                            (lv.channels,),
+                            "float32",
+                            "scale",
+                            False,
+                            ("sample", "channel"),
+                        )
+                    )
+                specs.append(
+                    ArraySpec(
+                        f"attention{suffix}/{lv.name}",
+                        (1, lv.height, lv.width),
+                        "uint8",
+                        "attention",
+                        True,
+                        chw,
+                    )
+                )
+        for e in self.extras:
+            dims = ("sample",) + (None,) * len(e.shape)
+            specs.append(ArraySpec(e.name, e.shape, e.dtype, "extra", len(e.shape) >= 2, dims))
+        for name, dtype in (("sample_id", "str"), ("group", "str"), ("written", "bool")):
+            specs.append(ArraySpec(name, (), dtype, "meta", False, ("sample",)))
+        return specs
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "n": self.n,
+            "shard_size": self.shard_size,
+            "task": self.task,
+            "codec": self.codec,
+            "flips": self.flips,
+            "levels": [vars(lv).copy() for lv in self.levels],
+            "extras": [
+                {"name": e.name, "shape": list(e.shape), "dtype": e.dtype} for e in self.extras
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> StoreSchema:
+        try:
+            return cls(
+                n=int(d["n"]),
+                shard_size=int(d["shard_size"]),
+                levels=tuple(LevelSpec(**lv) for lv in d["levels"]),
+                codec=str(d["codec"]),
+                task=str(d["task"]),
+                flips=bool(d.get("flips", False)),
+                extras=tuple(
+                    ExtraSpec(e["name"], tuple(e["shape"]), e["dtype"]) for e in d.get("extras", ())
+                ),
+                version=int(d["version"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise StoreError(
+                f"store schema attribute is malformed ({e!r}); rebuild the store"
+            ) from e
+
+
+def scale_array_name(features_name: str) -> str:
+    """The side array of a quantized features array: features_flip/C3 -> feature_scale_flip/C3."""
+    return features_name.replace("features", "feature_scale", 1)
+
+
+def input_extras(visible_hw: tuple[int, int], thermal_hw: tuple[int, int]) -> tuple[ExtraSpec, ...]:
+    """Bundled student inputs: visible [3, H, W] and low-resolution thermal [1, h, w], uint8."""
+    return (
+        ExtraSpec("inputs/visible", (3, *visible_hw), "uint8"),
+        ExtraSpec("inputs/thermal", (1, *thermal_hw), "uint8"),
+    )
+
+
+def segmentation_extras(hw: tuple[int, int]) -> tuple[ExtraSpec, ...]:
+    """Per-pixel class labels [H, W] uint8."""
+    return (ExtraSpec("labels", hw, "uint8"),)
+
+
+def detection_extras(max_boxes: int) -> tuple[ExtraSpec, ...]:
+    """Padded boxes [max_boxes, 6] float32 (layout chosen by the writer) + `num_boxes` int32."""
+    return (ExtraSpec("boxes", (max_boxes, 6), "float32"), ExtraSpec("num_boxes", (), "int32"))

@@ -1,0 +1,197 @@
+"""`verify`: read every chunk of a store and report what is wrong, by shard and sample.
+
+Checks, in order: the zip manifest (packed stores), array metadata against the schema
+(shape, dtype, chunks/shards, crc32c present), completeness (``written``), then for every
+written shard every stored array is read (crc32c checksums, missing objects) and checked for
+NaN/Inf (features, scales) and empty/duplicate sample ids. A failing shard is re-read sample
+by sample so the report names the bad samples. Unwritten shards are reported, not read.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import Crc32cCodec
+
+from md.stores.backends import MissingChunkError, parse_location
+from md.stores.codecs import decode_features
+from md.stores.pack import check_manifest
+from md.stores.schema import ArraySpec, scale_array_name
+from md.stores.target_store import TargetStore, open_store
+
+
+@dataclass
+class VerifyReport:
+    """What `verify` found; `ok` only if complete and nothing is wrong."""
+
+    url: str
+    samples: int = 0
+    num_shards: int = 0
+    missing_shards: list[int] = field(default_factory=list)
+    bad_shards: list[int] = field(default_factory=list)
+    bad_samples: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # one line each, naming array/shard/sample
+    chunks_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.missing_shards
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+    def add(self, problem: str, shard: int | None = None, samples: list[int] | None = None) -> None:
+        self.problems.append(problem)
+        if shard is not None and shard not in self.bad_shards:
+            self.bad_shards.append(shard)
+        self.bad_samples.extend(s for s in samples or [] if s not in self.bad_samples)
+
+
+def verify(url: str | os.PathLike[str]) -> VerifyReport:
+    """Verify the store at `url` (directory or packed zip). Raises StoreError if unopenable."""
+    loc = parse_location(url)
+    report = VerifyReport(loc.url)
+    if loc.kind == "zip":
+        for problem in check_manifest(loc.path):
+            report.add(f"manifest: {problem}")
+    with open_store(url, mode="r") as ts:
+        report.samples, report.num_shards = ts.n, ts.num_shards
+        specs = [s for s in ts.schema.stored_arrays() if _check_metadata(ts, s, report)]
+        report.missing_shards = ts.missing_shards()
+        if report.missing_shards:
+            report.add(f"incomplete: shards {report.missing_shards} were never written")
+        written = [k for k in range(ts.num_shards) if k not in report.missing_shards]
+        for k in written:
+            for spec in specs:
+                _check_shard(ts, spec, k, report)
+        _check_ids(ts, written, report)
+    report.bad_shards.sort()
+    report.bad_samples.sort()
+    return report
+
+
+def _check_metadata(ts: TargetStore, spec: ArraySpec, report: VerifyReport) -> bool:
+    try:
+        arr = ts.raw_array(spec.name)
+    except Exception as e:  # any failure to open is a finding, not a crash
+        report.add(f"{spec.name}: cannot open array ({type(e).__name__}: {e})")
+        return False
+    want = {
+        "shape": (ts.n, *spec.sample_shape),
+        "chunks": spec.chunks(ts.shard_size),
+        "shards": spec.shards(ts.shard_size),
+    }
+    got = {"shape": arr.shape, "chunks": arr.chunks, "shards": arr.shards}
+    bad = [
+        f"{key} {got[key]} != schema {want[key]}"
+        for key in want
+        if tuple(got[key] or ()) != tuple(want[key] or ())
+    ]
+    want_dtype = "StringDType" if spec.dtype == "str" else spec.dtype
+    if want_dtype not in (str(arr.dtype), type(arr.dtype).__name__):
+        bad.append(f"dtype {arr.dtype} != schema {spec.dtype}")
+    if not any(isinstance(c, Crc32cCodec) for c in arr.compressors):
+        bad.append("no crc32c checksum codec")
+    for b in bad:
+        report.add(f"{spec.name}: {b}")
+    return not bad
+
+
+def _check_shard(ts: TargetStore, spec: ArraySpec, k: int, report: VerifyReport) -> None:
+    rng = ts.shard_range(k)
+    where = f"shard {k} (samples {rng.start}-{rng.stop - 1}): {spec.name}"
+    arr = ts.raw_array(spec.name)
+    report.chunks_checked += len(rng) if spec.sharded else 1
+    try:
+        values = arr[rng.start : rng.stop]
+    except Exception as e:
+        _locate_bad_samples(ts, arr, spec, k, e, report)
+        return
+    bad = _bad_values(ts, spec, k, np.asarray(values))
+    if bad:
+        ids = [rng.start + int(i) for i in bad]
+        report.add(f"{where}: NaN/Inf in samples {_named(ts, ids)}", k, ids)
+
+
+def _bad_values(ts: TargetStore, spec: ArraySpec, k: int, values: np.ndarray) -> list[int]:
+    """Positions (within the shard) of samples with NaN/Inf after decoding."""
+    if spec.role == "features":
+        scale = None
+        if ts.preset.quantized:
+            try:
+                rng = ts.shard_range(k)
+                scale = np.asarray(ts.raw_array(scale_array_name(spec.name))[rng.start : rng.stop])
+            except Exception:
+                return []  # the scale array's own check reports it
+        values = decode_features(values, scale, ts.preset)
+    if values.dtype.kind != "f":
+        return []
+    finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if spec.role == "scale":
+        finite &= (values.reshape(len(values), -1) >= 0).all(axis=1)
+    return [int(i) for i in np.flatnonzero(~finite)]
+
+
+def _locate_bad_samples(
+    ts: TargetStore,
+    arr: zarr.Array,
+    spec: ArraySpec,
+    k: int,
+    error: Exception,
+    report: VerifyReport,
+) -> None:
+    rng = ts.shard_range(k)
+    where = f"shard {k} (samples {rng.start}-{rng.stop - 1}): {spec.name}"
+    if not spec.sharded:  # one chunk holds the whole shard: every sample is affected
+        report.add(f"{where}: {_describe(error)}", k, list(rng))
+        return
+    bad: list[int] = []
+    for i in rng:
+        try:
+            arr[i : i + 1]
+        except Exception:
+            bad.append(i)
+    if not bad or len(bad) == len(rng):
+        report.add(f"{where}: {_describe(error)} (whole shard: index or every chunk)", k, list(rng))
+    else:
+        report.add(f"{where}: {_describe(error)} in samples {_named(ts, bad)}", k, bad)
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, MissingChunkError):
+        return f"object {error.key} is missing though the shard is marked written"
+    if "checksum" in str(error).lower() or "crc" in str(error).lower():
+        return "crc32c checksum mismatch"
+    return f"cannot decode ({type(error).__name__}: {error})"
+
+
+def _named(ts: TargetStore, indices: list[int]) -> str:
+    """'5 (set06/V000/I00019), 7 (...)' where sample ids are readable."""
+    try:
+        ids = np.asarray(ts.raw_array("sample_id").oindex[np.asarray(indices)]).tolist()
+        return ", ".join(f"{i} ({s})" for i, s in zip(indices, ids, strict=True))
+    except Exception:
+        return ", ".join(str(i) for i in indices)
+
+
+def _check_ids(ts: TargetStore, written: list[int], report: VerifyReport) -> None:
+    seen: dict[str, int] = {}
+    for k in written:
+        rng = ts.shard_range(k)
+        try:
+            ids = np.asarray(ts.raw_array("sample_id")[rng.start : rng.stop]).tolist()
+        except Exception:
+            continue  # reported by the per-array check
+        for i, sid in zip(rng, ids, strict=True):
+            if not sid:
+                report.add(f"shard {k}: sample {i} has an empty sample_id", k, [i])
+            elif sid in seen:
+                report.add(
+                    f"shard {k}: sample {i} repeats sample_id {sid!r} of sample {seen[sid]}", k, [i]
+                )
+            else:
+                seen[sid] = i

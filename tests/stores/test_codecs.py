@@ -1,0 +1,101 @@
+"""Codec presets: error bounds and bytes on realistic (post-ReLU, GAFF-weighted) features."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from contract import gaff_features
+
+from md.errors import StoreError
+from md.stores.codecs import (
+    PRESETS,
+    compact_error_bound,
+    decode_attention,
+    decode_features,
+    encode_attention,
+    encode_features,
+    get_preset,
+    measure_fidelity,
+)
+
+# 4 samples of a C3-like map: big enough chunks for zstd to reach its steady ratio.
+SHAPE = (4, 64, 32, 40)
+
+
+@pytest.fixture(scope="module")
+def feats() -> np.ndarray:
+    return gaff_features(np.random.default_rng(0), SHAPE)
+
+
+def test_lossless_is_fp16_rounding_only(feats: np.ndarray) -> None:
+    p = get_preset("lossless")
+    stored, scale = encode_features(feats, p)
+    assert stored.dtype == np.float16 and scale is None
+    back = decode_features(stored, scale, p)
+    np.testing.assert_allclose(back, feats, rtol=2**-11, atol=2**-25)
+    fid = measure_fidelity(feats, p)
+    assert fid.cosine_min > 0.99999
+    assert fid.ratio_vs_float32 > 2.5  # fp16 halves it; zstd takes the zeros
+    assert fid.max_abs_error <= float(np.abs(feats).max()) * 2**-11
+
+
+def test_compact_meets_its_targets(feats: np.ndarray) -> None:
+    p = get_preset("compact")
+    stored, scale = encode_features(feats, p)
+    assert stored.dtype == np.uint8 and scale is not None and scale.shape == SHAPE[:2]
+    back = decode_features(stored, scale, p)
+    bound = compact_error_bound(scale, p.steps)[..., None, None]
+    assert (np.abs(back - feats) <= bound * (1 + 1e-5)).all()
+    assert (back[feats == 0] == 0).all()  # half of a post-ReLU map is exact zeros
+    fid = measure_fidelity(feats, p)
+    assert fid.cosine_min >= 0.999
+    assert fid.ratio_vs_float32 >= 6.0  # aim 8x (reached on full-size maps), floor 6x
+    assert json.loads(json.dumps(fid.to_json()))["preset"] == "compact"
+
+
+def test_compact_keeps_cosine_on_heavy_tails() -> None:
+    # Much heavier tail than GAFF's (max/rms ~ 30): a uniform 64-step grid drops below 0.999.
+    rng = np.random.default_rng(1)
+    g = np.maximum(rng.standard_normal(SHAPE), 0)
+    x = (g * np.exp(1.5 * rng.standard_normal(SHAPE))).astype(np.float32)
+    assert measure_fidelity(x, "compact").cosine_min >= 0.999
+
+
+def test_compact_handles_signed_and_all_zero_channels() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 5, 6)).astype(np.float32)
+    x[0, 1] = 0.0
+    p = get_preset("compact")
+    stored, scale = encode_features(x, p)
+    assert scale is not None and scale[0, 1] == 0
+    back = decode_features(stored, scale, p)
+    assert (back[0, 1] == 0).all()
+    assert (
+        np.abs(back - x) <= compact_error_bound(scale, p.steps)[..., None, None] * (1 + 1e-5)
+    ).all()
+
+
+def test_attention_is_round_m_times_255() -> None:
+    m = np.random.default_rng(3).random((2, 1, 7, 9)).astype(np.float32)
+    q = encode_attention(m)
+    assert q.dtype == np.uint8
+    np.testing.assert_array_equal(q, np.rint(m * 255).astype(np.uint8))
+    assert np.abs(decode_attention(q) - m).max() <= 1 / 510 + 1e-7
+    assert encode_attention(np.array([-1e-4, 1 + 1e-4])).tolist() == [0, 255]  # float noise clipped
+    with pytest.raises(ValueError, match="outside"):
+        encode_attention(np.array([1.2]))
+    with pytest.raises(ValueError, match="NaN"):
+        encode_attention(np.array([np.nan]))
+
+
+def test_bad_features_and_presets() -> None:
+    with pytest.raises(ValueError, match="float16 range"):
+        encode_features(np.full((1, 1, 1, 1), 7e4, np.float32), get_preset("lossless"))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        encode_features(np.full((1, 1, 1, 1), np.inf, np.float32), get_preset("compact"))
+    with pytest.raises(StoreError, match="unknown codec preset 'tiny'"):
+        get_preset("tiny")
+    for preset in PRESETS.values():
+        assert json.loads(json.dumps(preset.to_json()))["compressors"] == ["zstd", "crc32c"]

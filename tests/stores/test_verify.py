@@ -1,0 +1,96 @@
+"""`verify` reads every chunk: flipped bytes, lost objects, NaN and gaps are named."""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import zarr
+from contract import build_local, tiny_schema
+
+from md.stores import pack, verify
+
+SHARD = ("features", "C3", "c", "1", "0", "0", "0")  # features/C3, shard 1 (samples 4-7)
+
+
+def _chunk_range(shard_file: Path, chunk: int) -> tuple[int, int]:
+    """(offset, nbytes) of inner chunk `chunk` from the shard index (16 B per chunk + crc32c)."""
+    data = shard_file.read_bytes()
+    index = data[-(16 * 4 + 4) :]
+    return struct.unpack_from("<QQ", index, 16 * chunk)
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_good_store_verifies(local_store: Path, compact_store: Path) -> None:
+    for url in (local_store, compact_store):
+        report = verify(str(url))
+        assert report.ok, report.problems
+        assert report.chunks_checked > 0 and report.bad_shards == []
+
+
+def test_flipped_byte_in_a_chunk_names_shard_and_sample(local_store: Path) -> None:
+    shard = local_store.joinpath(*SHARD)
+    offset, nbytes = _chunk_range(shard, 2)  # sample 4 + 2 = 6
+    _flip(shard, offset + nbytes // 2)
+    report = verify(str(local_store))
+    assert not report.ok
+    assert report.bad_shards == [1] and report.bad_samples == [6]
+    (line,) = report.problems
+    assert (
+        "shard 1 (samples 4-7): features/C3: crc32c checksum mismatch in samples 6 (set06/V000/I00006)"
+        in line
+    )
+
+
+def test_flipped_byte_in_a_shard_index_names_the_shard(local_store: Path) -> None:
+    shard = local_store.joinpath(*SHARD)
+    _flip(shard, shard.stat().st_size - 10)
+    report = verify(str(local_store))
+    assert report.bad_shards == [1] and report.bad_samples == [4, 5, 6, 7]
+    assert "whole shard" in report.problems[0]
+
+
+def test_flipped_byte_in_an_unsharded_chunk(local_store: Path) -> None:
+    _flip(local_store / "sample_id" / "c" / "2", 3)
+    report = verify(str(local_store))
+    assert report.bad_shards == [2] and report.bad_samples == [8, 9]
+    assert "sample_id" in report.problems[0]
+
+
+def test_incomplete_store_is_reported(tmp_path: Path) -> None:
+    report = verify(build_local(tmp_path / "s.zarr", tiny_schema(), shards=[0, 2]))
+    assert not report.ok and report.missing_shards == [1]
+    assert report.problems == ["incomplete: shards [1] were never written"]
+
+
+def test_nan_written_behind_the_api_is_found(local_store: Path) -> None:
+    arr = zarr.open_array(local_store / "features" / "C4", mode="r+")
+    block = arr[4:8]
+    block[1, 0, 0, 0] = np.nan
+    arr[4:8] = block
+    report = verify(str(local_store))
+    assert report.bad_samples == [5]
+    assert "NaN/Inf in samples 5 (set06/V000/I00005)" in report.problems[0]
+
+
+def test_zip_member_corruption_is_caught_by_manifest_and_checksum(
+    local_store: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "s.zip"
+    pack(local_store, out)
+    with zipfile.ZipFile(out) as zf:
+        info = zf.getinfo("/".join(SHARD))
+    # A stored member's data follows its 30-byte local header, name and extra field.
+    header = out.read_bytes()[info.header_offset : info.header_offset + 30]
+    name_len, extra_len = struct.unpack_from("<HH", header, 26)
+    _flip(out, info.header_offset + 30 + name_len + extra_len + 20)
+    report = verify(str(out))
+    assert not report.ok and 1 in report.bad_shards
+    assert any("features/C3/c/1/0/0/0" in p and "manifest" in p for p in report.problems)
