@@ -52,7 +52,7 @@ def test_unknown_preset_and_bad_file(tmp_path):
         resolve_config(Cfg, presets=PRESETS, preset="big")
     bad = tmp_path / "bad.yaml"
     bad.write_text("- a list\n")
-    with pytest.raises(ConfigError, match="bad.yaml"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml"):
         resolve_config(Cfg, config_file=bad)
     with pytest.raises(ConfigError, match="not found"):
         load_yaml(tmp_path / "missing.yaml")

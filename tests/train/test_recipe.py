@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -19,7 +20,7 @@ def test_lr_schedule_matches_md_recipe():
     assert lr_at(500 + 1500, **KW) == pytest.approx(0.5e-2)  # half-way through the cosine
     assert lr_at(3499, **KW) < 1e-7
     lrs = [lr_at(i, **KW) for i in range(500, 3500)]
-    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(lrs))
 
 
 def test_no_weight_decay_on_norms_and_biases():
@@ -56,7 +57,7 @@ def test_checkpoint_round_trip_and_tamper(tmp_path):
     with pytest.raises(MdError, match="damaged"):
         load_checkpoint(path)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(MdError, match="junk.pt"):
+    with pytest.raises(MdError, match=r"junk\.pt"):
         load_checkpoint(tmp_path / "junk.pt")
 
 
