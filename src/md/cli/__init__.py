@@ -51,6 +51,7 @@ def not_yet_available(name: str, issue: int) -> click.Command:
 
 
 def _register() -> None:
+    from md.cli import cache_teacher as cache_teacher_cli
     from md.cli import data as data_cli
     from md.cli import evaluate as evaluate_cli
     from md.cli import store as store_cli
@@ -60,8 +61,8 @@ def _register() -> None:
     main.add_command(store_cli.store)
     main.add_command(train_teacher_cli.train_teacher)
     main.add_command(evaluate_cli.evaluate)
+    main.add_command(cache_teacher_cli.cache_teacher)
     for name, issue in (
-        ("cache-teacher", 4),
         ("train-student", 5),
         ("bench", 6),
         ("demo", 6),

@@ -1,0 +1,151 @@
+"""`md cache-teacher`: run the teacher once over a split and write its targets to a store."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from md.config import resolve_config
+
+
+@click.command("cache-teacher")
+@click.option(
+    "--teacher",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Teacher checkpoint from `md train-teacher` (GAFF fusion).",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Dataset root in the KAIST or MFNet layout.",
+)
+@click.option("--split", default=None, help="Split list to cache (DATA/<split>.txt) [train].")
+@click.option(
+    "--store",
+    default=None,
+    help="Store to write: a directory (e.g. train.zarr); resumed if it exists.",
+)
+@click.option(
+    "--levels",
+    default=None,
+    help="Comma-separated fused levels, e.g. c3,c4,c5 [all GAFF levels of the teacher].",
+)
+@click.option(
+    "--codec",
+    type=click.Choice(["lossless", "compact"]),
+    default=None,
+    help="Feature codec: lossless (fp16) or compact (uint8, ~8x smaller) [lossless].",
+)
+@click.option(
+    "--shard-size",
+    type=int,
+    default=None,
+    help="Samples per shard: the unit of writing and resuming [16].",
+)
+@click.option("--batch-size", type=int, default=None, help="Teacher batch size [8].")
+@click.option(
+    "--flip-views",
+    is_flag=True,
+    default=None,
+    help="Also store the teacher's outputs on horizontally flipped inputs.",
+)
+@click.option(
+    "--bundle-inputs",
+    is_flag=True,
+    default=None,
+    help="Also store student-resolution inputs and labels (needs --thermal-factor).",
+)
+@click.option(
+    "--thermal-factor",
+    type=click.Choice(["1", "4", "16", "64"]),
+    default=None,
+    help="Pixel factor of the bundled low-resolution thermal (side / 1, 2, 4, 8).",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    default=None,
+    help="Replace an existing store instead of resuming it.",
+)
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [auto].")
+@click.option(
+    "--amp",
+    type=click.Choice(["none", "bf16"]),
+    default=None,
+    help="bf16 autocast of the teacher forward [none: fp32].",
+)
+@click.option("--num-workers", type=int, default=None, help="DataLoader processes [0].")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="YAML file of config fields (applied before the options).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+@click.argument("overrides", nargs=-1)
+def cache_teacher(
+    config_file: str | None,
+    as_json: bool,
+    overrides: tuple[str, ...],
+    data_dir: str | None,
+    thermal_factor: str | None,
+    **options: Any,
+) -> None:
+    """Cache a teacher's fused features and attention masks into a store.
+
+    Runs the teacher once over the split; each finished shard is marked written, so an
+    interrupted run resumes when rerun. OVERRIDES are key=value config fields.
+    """
+    from md.teacher_cache import CacheConfig, run
+
+    cfg = resolve_config(
+        CacheConfig,
+        config_file=config_file,
+        overrides=overrides,
+        data=data_dir,
+        thermal_factor=int(thermal_factor) if thermal_factor else None,
+        **options,
+    )
+    try:
+        summary = run(cfg)
+    except KeyboardInterrupt:
+        click.echo(
+            "interrupted: finished shards are kept; rerun the same command to resume", err=True
+        )
+        sys.exit(130)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo("\n".join(summary_lines(summary)))
+
+
+def summary_lines(s: dict[str, Any]) -> list[str]:
+    """Human summary; the last line lists the stored bytes per sample of every array."""
+    if s["shards_written"]:
+        lines = [
+            f"wrote {s['shards_written']} shards ({s['samples_written']} samples, "
+            f"{s['megabytes_written']:.1f} MB) to {s['store']} in {s['seconds']:.1f} s on "
+            f"{s['device']} ({s['samples_per_s']:.1f} samples/s; teacher forward alone "
+            f"{s['forward_samples_per_s']:.1f} samples/s); {s['shards_skipped']} finished "
+            "shards skipped"
+        ]
+    else:
+        lines = [
+            f"nothing to do: the {s['shards_skipped']} shards of {s['store']} were already written"
+        ]
+    if not s["complete"]:
+        lines.append(
+            f"stopped with shards {s['missing_shards']} unwritten; rerun the same command to resume"
+        )
+    per = s["bytes_per_sample"]
+    parts = [f"{name} {per[name]:,.0f}" for name in per if name != "total" and per[name]]
+    total = f"; total {per['total']:,.0f}" if per.get("total") else ""
+    lines.append(f"bytes/sample ({s['codec']}): {', '.join(parts)}{total}")
+    return lines

@@ -1,0 +1,325 @@
+"""`md cache-teacher`: run the GAFF teacher once over a split and write its targets to a store.
+
+`run(cfg)` reads top to bottom: teacher + data -> levels, image size -> store schema ->
+provenance -> open or create the store (resume / refuse) -> `cache_shards` over the unwritten
+shards (teacher here, a writer thread encoding and writing) -> run attributes -> summary.
+
+What lies in the store: per fused level L ``features/L`` (fused features, MD eq. 2) and
+``attention/L`` (teacher mask, eq. 3), ``sample_id``, ``group``, ``written``; with
+``flip_views`` ``features_flip/L`` / ``attention_flip/L``; with ``bundle_inputs``
+``inputs/visible``, ``inputs/thermal`` (reduced resolution) and ``labels`` or
+``boxes`` + ``num_boxes`` (`md.teacher_cache.targets`); provenance attributes as in
+`md.teacher_cache.provenance`. Sample i of the store is item i of the split's list.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from md.config import config_to_dict
+from md.data import PairedDataset, dataset_fingerprint, open_dataset
+from md.data.kaist import parse_bbgt
+from md.data.transforms import thermal_side_divisor
+from md.errors import ConfigError, DataError, MdError, StoreError
+from md.eval.model_eval import load_model
+from md.models import TwoStreamTeacher
+from md.stores import (
+    LevelSpec,
+    StoreSchema,
+    TargetStore,
+    create_store,
+    detection_extras,
+    input_extras,
+    open_or_create_store,
+    segmentation_extras,
+)
+from md.stores.info import info
+from md.teacher_cache.provenance import explain_refusal, identity_attrs
+from md.teacher_cache.shards import ShardOptions, ShardStats, cache_shards
+from md.teacher_cache.writer import Shard
+from md.train.checkpoint import file_sha256
+from md.train.recipe import resolve_device
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    teacher: str = ""  # teacher checkpoint from `md train-teacher` (GAFF fusion)
+    data: str = ""  # dataset root, KAIST or MFNet layout
+    split: str = "train"  # reads DATA/<split>.txt; store sample i = line i
+    store: str = ""  # store directory (or fsspec URL) to create or resume
+    levels: tuple[str, ...] = ()  # levels to store; () = every GAFF level of the teacher
+    codec: Literal["lossless", "compact"] = "lossless"  # md.stores.codecs presets
+    shard_size: int = 16  # samples per shard: the unit of writing, resuming and scale-out
+    batch_size: int = 8  # teacher batch; batches never cross a shard
+    flip_views: bool = False  # also store the teacher's outputs on mirrored inputs
+    bundle_inputs: bool = False  # also store student-resolution inputs and labels
+    thermal_factor: int = 0  # bundled thermal pixel factor (1, 4, 16, 64); needs bundle_inputs
+    overwrite: bool = False  # replace an existing store (else resume it, or refuse a foreign one)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: Literal["none", "bf16"] = "none"  # bf16 autocast of the teacher (default full fp32)
+    num_workers: int = 0  # DataLoader processes reading images
+    max_queued: int = 2  # computed shards waiting for the writer (memory bound)
+    stop_after_shards: int = 0  # stop after N shards of this invocation (rerun resumes); 0 = off
+    progress: bool = True  # progress bar on stderr
+
+
+def run(cfg: CacheConfig) -> dict[str, Any]:
+    """Cache the teacher's targets for ``cfg.split`` into ``cfg.store``; returns a summary
+    (see `_summary`). Finished shards of an earlier run are skipped."""
+    _check_config(cfg)
+    teacher, ckpt = load_teacher(cfg.teacher)
+    ds = open_dataset(cfg.data, split=cfg.split)
+    if ds.task != teacher.task:
+        raise MdError(
+            f"{cfg.teacher}: a {teacher.task} teacher cannot cache {cfg.data} "
+            f"({ds.layout} layout, {ds.task}); use a {ds.task} teacher"
+        )
+    device = resolve_device(cfg.device)
+    teacher.to(device)
+    opts = shard_options(cfg, teacher, ds)
+    schema = build_schema(teacher, len(ds), cfg, opts)
+    attrs = identity_attrs(
+        schema=schema,
+        strides=teacher.strides,
+        ckpt=ckpt,
+        teacher_sha256=file_sha256(cfg.teacher),
+        fingerprint=dataset_fingerprint(ds),
+        sample_ids=[s.id for s in ds.samples],
+        split=cfg.split,
+        image_size=opts.image_size,
+        thermal_size=thermal_size(cfg, opts.image_size),
+        amp=cfg.amp,
+        thermal_factor=cfg.thermal_factor,
+    )
+    store = open_target_store(cfg, schema, attrs)
+    todo = store.missing_shards()
+    bar, on_written = _progress(cfg, schema, todo)
+    t0 = time.perf_counter()
+    try:
+        stats = cache_shards(teacher, ds, store, todo, opts, on_written=on_written)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    summary = _summary(cfg, store, stats, seconds, len(todo), device)
+    if stats.shards:  # a no-op rerun leaves the record of the run that did the work
+        store.set_attrs({"last_run": _run_attrs(cfg, summary)})
+    store.close()
+    return summary
+
+
+def _check_config(cfg: CacheConfig) -> None:
+    if not cfg.teacher or not cfg.data or not cfg.store:
+        raise ConfigError(
+            "cache-teacher needs teacher, data and store (--teacher, --data, --store)"
+        )
+    if cfg.shard_size < 1 or cfg.batch_size < 1:
+        raise ConfigError(
+            f"shard_size and batch_size must be >= 1 (got {cfg.shard_size}, {cfg.batch_size})"
+        )
+    if cfg.bundle_inputs and not cfg.thermal_factor:
+        raise ConfigError(
+            "--bundle-inputs needs --thermal-factor (1, 4, 16 or 64): the pixel "
+            "factor of the student's low-resolution thermal"
+        )
+    if cfg.thermal_factor and not cfg.bundle_inputs:
+        raise ConfigError("--thermal-factor only applies to bundled inputs; add --bundle-inputs")
+    if cfg.thermal_factor:
+        thermal_side_divisor(cfg.thermal_factor)
+
+
+def shard_options(cfg: CacheConfig, teacher: TwoStreamTeacher, ds: PairedDataset) -> ShardOptions:
+    """How each shard is computed: levels, the split's image size, bundles, batching."""
+    bundle_boxes = cfg.bundle_inputs and ds.task == "detection"
+    return ShardOptions(
+        levels=select_levels(teacher, cfg.levels, cfg.teacher),
+        image_size=common_image_size(ds),
+        batch_size=cfg.batch_size,
+        flip_views=cfg.flip_views,
+        thermal_factor=cfg.thermal_factor if cfg.bundle_inputs else 0,
+        max_boxes=max_boxes(ds) if bundle_boxes else 0,
+        amp=cfg.amp,
+        num_workers=cfg.num_workers,
+        max_queued=cfg.max_queued,
+        stop_after_shards=cfg.stop_after_shards,
+    )
+
+
+def _progress(
+    cfg: CacheConfig, schema: StoreSchema, todo: list[int]
+) -> tuple[tqdm, Callable[[Shard, int], None]]:
+    """A samples/s progress bar (finished shards pre-counted) and the writer's callback,
+    which adds each written shard's samples and megabytes."""
+    done = schema.n - sum(len(schema.shard_range(k)) for k in todo)
+    bar = tqdm(total=schema.n, initial=done, desc="cache-teacher", unit="sample",
+               disable=not cfg.progress, dynamic_ncols=True)  # fmt: skip
+    megabytes = [0.0]
+
+    def on_written(shard: Shard, nbytes: int) -> None:  # runs on the writer thread
+        megabytes[0] += nbytes / 1e6
+        bar.set_postfix_str(f"{megabytes[0]:.1f} MB written", refresh=False)
+        bar.update(len(shard.sample_ids))
+
+    return bar, on_written
+
+
+def load_teacher(path: str | Path) -> tuple[TwoStreamTeacher, dict[str, Any]]:
+    """The GAFF teacher of a checkpoint (eval mode, CPU) and the checkpoint dict."""
+    model, ckpt = load_model(path)
+    if ckpt["model_kind"] != "teacher":
+        raise MdError(
+            f"{path}: holds a {ckpt['model_kind']} model, not a GAFF teacher; "
+            "cache a checkpoint from `md train-teacher --fusion gaff`"
+        )
+    assert isinstance(model, TwoStreamTeacher)
+    return model, ckpt
+
+
+def select_levels(teacher: TwoStreamTeacher, wanted: tuple[str, ...], path: str) -> tuple[str, ...]:
+    """`wanted` in pyramid order, or all the teacher's GAFF levels; refuse unfused ones."""
+    fused = teacher.levels
+    if not wanted:
+        return fused
+    bad = [lv for lv in wanted if lv not in fused]
+    if bad:
+        raise ConfigError(
+            f"{path}: level(s) {','.join(bad)} are not fused by this teacher "
+            f"(no GAFF targets there); pick --levels among {','.join(fused)}"
+        )
+    return tuple(lv for lv in fused if lv in wanted)
+
+
+def common_image_size(ds: PairedDataset) -> tuple[int, int]:
+    """(H, W) shared by every image of the split, read from file headers (no decoding)."""
+    first = ds.samples[0].visible_path
+    size = _header_size(first)
+    for sample in ds.samples[1:]:
+        other = _header_size(sample.visible_path)
+        if other != size:
+            raise DataError(
+                f"{sample.visible_path}: size {other[0]}x{other[1]} differs from {first} "
+                f"({size[0]}x{size[1]}); store arrays are fixed-shape: resize the split to one "
+                "size, or cache each size as its own split (list file)"
+            )
+    return size[1], size[0]
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    """(W, H) of an image file from its header; `DataError` if it is not an image."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception as e:  # PIL raises many types for damaged files
+        raise DataError(
+            f"{path}: unreadable image ({type(e).__name__}); re-copy or re-export the file"
+        ) from None
+
+
+def max_boxes(ds: PairedDataset) -> int:
+    """Most boxes in one annotation of the split (>= 1: the bundled array must be non-empty)."""
+    return max([1, *(len(parse_bbgt(s.target_path)["boxes"]) for s in ds.samples)])
+
+
+def thermal_size(cfg: CacheConfig, image_size: tuple[int, int]) -> tuple[int, int] | None:
+    """(h, w) of the bundled low-resolution thermal, or None without bundled inputs."""
+    if not cfg.bundle_inputs:
+        return None
+    d = thermal_side_divisor(cfg.thermal_factor)
+    return max(1, image_size[0] // d), max(1, image_size[1] // d)
+
+
+def build_schema(
+    teacher: TwoStreamTeacher, n: int, cfg: CacheConfig, opts: ShardOptions
+) -> StoreSchema:
+    """The store layout; feature-map sizes come from a probe forward at the image size."""
+    device = next(teacher.parameters()).device
+    zeros = torch.zeros(1, 3, *opts.image_size, device=device)
+    with torch.inference_mode():
+        feats = teacher.forward_features(zeros, zeros[:, :1])["features"]
+    levels = tuple(
+        LevelSpec(
+            lv, feats[lv].shape[1], feats[lv].shape[2], feats[lv].shape[3], teacher.strides[lv]
+        )
+        for lv in opts.levels
+    )
+    extras: tuple[Any, ...] = ()
+    low = thermal_size(cfg, opts.image_size)
+    if low is not None:
+        extras = input_extras(opts.image_size, low) + (
+            segmentation_extras(opts.image_size)
+            if teacher.task == "segmentation"
+            else detection_extras(opts.max_boxes)
+        )
+    return StoreSchema(
+        n=n,
+        shard_size=cfg.shard_size,
+        levels=levels,
+        codec=cfg.codec,
+        task=str(teacher.task),
+        flips=cfg.flip_views,
+        extras=extras,
+    )
+
+
+def open_target_store(cfg: CacheConfig, schema: StoreSchema, attrs: dict[str, Any]) -> TargetStore:
+    """Create the store (replacing it with ``overwrite``), or resume it if it is this run's;
+    a store of another teacher, other data or other options is refused in one line."""
+    if cfg.overwrite:
+        return create_store(cfg.store, schema, attrs, overwrite=True)
+    try:
+        return open_or_create_store(cfg.store, schema, attrs)
+    except StoreError:
+        explain_refusal(cfg.store, schema, attrs, cfg.teacher, cfg.data)
+        raise
+
+
+def _summary(
+    cfg: CacheConfig,
+    store: TargetStore,
+    stats: ShardStats,
+    seconds: float,
+    todo: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Run summary: counts, timings, and per stored array the bytes per written sample."""
+    report = info(store.url)
+    return {
+        "store": store.url,
+        "samples": store.n,
+        "complete": report["complete"],
+        "missing_shards": report["missing_shards"],
+        "shards_written": stats.shards,
+        "shards_skipped": store.num_shards - todo,
+        "samples_written": stats.samples,
+        "megabytes_written": stats.bytes / 1e6,
+        "seconds": seconds,
+        "samples_per_s": stats.samples / seconds if seconds > 0 else None,
+        "forward_samples_per_s": (
+            stats.samples / stats.forward_seconds if stats.forward_seconds > 0 else None
+        ),
+        "bytes_per_sample": report["bytes_per_sample"],
+        "device": str(device),
+        "codec": cfg.codec,
+    }
+
+
+def _run_attrs(cfg: CacheConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    """Informational attributes of the latest run (never compared on resume)."""
+    return {
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "teacher_path": str(Path(cfg.teacher).resolve()),
+        "data_path": str(Path(cfg.data).resolve()),
+        "config": config_to_dict(cfg),
+        "device": summary["device"],
+        "complete": summary["complete"],
+        "shards_written": summary["shards_written"],
+        "samples_per_s": summary["samples_per_s"],
+    }

@@ -1,0 +1,62 @@
+"""The writer thread and shard batching, on a tiny store without a teacher."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from md.errors import StoreError
+from md.stores import LevelSpec, StoreSchema, create_store
+from md.teacher_cache import Shard, ShardWriter, shard_batches
+from md.teacher_cache.writer import shard_stored_bytes
+
+SCHEMA = StoreSchema(n=10, shard_size=4, levels=(LevelSpec("c3", 2, 4, 4, 8),))
+
+
+def shard(k: int, bad: bool = False) -> Shard:
+    rng = np.random.default_rng(k)
+    size = len(SCHEMA.shard_range(k))
+    feats = rng.random((size, 2, 4, 4), dtype=np.float32)
+    if bad:
+        feats[0, 0, 0, 0] = np.nan
+    arrays = {"features/c3": feats, "attention/c3": rng.random((size, 1, 4, 4), dtype=np.float32)}
+    ids = [f"s{i}" for i in SCHEMA.shard_range(k)]
+    return Shard(k, arrays, ids, ["day"] * size)
+
+
+def test_batches_never_cross_a_shard():
+    assert shard_batches(SCHEMA, [0, 1, 2], 3) == [[0, 1, 2], [3], [4, 5, 6], [7], [8, 9]]
+    assert shard_batches(SCHEMA, [2, 0], 8) == [[8, 9], [0, 1, 2, 3]]
+
+
+def test_writer_stores_every_submitted_shard_and_counts_bytes(tmp_path):
+    store = create_store(tmp_path / "s.zarr", SCHEMA)
+    seen = []
+    with ShardWriter(store, max_queued=1, on_written=lambda s, b: seen.append((s.index, b))) as w:
+        for k in (2, 0, 1):
+            w.submit(shard(k))
+    assert store.is_complete() and [k for k, _ in seen] == [2, 0, 1]
+    total = sum(store.stored_bytes(name) for name in store.raw_names())
+    assert w.bytes_written == sum(b for _, b in seen) == total
+    assert shard_stored_bytes(store, 0) == seen[1][1]
+    np.testing.assert_allclose(
+        store.read([9])["features/c3"][0], shard(2).arrays["features/c3"][1], rtol=1e-3
+    )
+
+
+def test_writer_error_reaches_the_caller_and_later_shards_stay_unwritten(tmp_path):
+    store = create_store(tmp_path / "s.zarr", SCHEMA)
+    with pytest.raises(StoreError, match="NaN"), ShardWriter(store) as w:
+        w.submit(shard(0))
+        w.submit(shard(1, bad=True))
+        w.submit(shard(2))
+    assert store.missing_shards() == [1, 2]
+
+
+def test_caller_failure_still_writes_the_submitted_shards(tmp_path):
+    store = create_store(tmp_path / "s.zarr", SCHEMA)
+    with pytest.raises(KeyboardInterrupt), ShardWriter(store) as w:
+        w.submit(shard(0))
+        w.submit(shard(1))
+        raise KeyboardInterrupt  # e.g. Ctrl-C during the teacher forward of shard 2
+    assert store.missing_shards() == [2]
