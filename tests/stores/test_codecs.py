@@ -14,8 +14,10 @@ from md.stores.codecs import (
     compact_error_bound,
     decode_attention,
     decode_features,
+    decode_scale,
     encode_attention,
     encode_features,
+    encode_scale,
     get_preset,
     measure_fidelity,
 )
@@ -46,7 +48,7 @@ def test_compact_meets_its_targets(feats: np.ndarray) -> None:
     stored, scale = encode_features(feats, p)
     assert stored.dtype == np.uint8 and scale is not None and scale.shape == SHAPE[:2]
     back = decode_features(stored, scale, p)
-    bound = compact_error_bound(scale, p.steps)[..., None, None]
+    bound = compact_error_bound(np.abs(feats).max(axis=(2, 3)), p.steps)[..., None, None]
     assert (np.abs(back - feats) <= bound * (1 + 1e-5)).all()
     assert (back[feats == 0] == 0).all()  # half of a post-ReLU map is exact zeros
     fid = measure_fidelity(feats, p)
@@ -73,8 +75,21 @@ def test_compact_handles_signed_and_all_zero_channels() -> None:
     back = decode_features(stored, scale, p)
     assert (back[0, 1] == 0).all()
     assert (
-        np.abs(back - x) <= compact_error_bound(scale, p.steps)[..., None, None] * (1 + 1e-5)
+        np.abs(back - x)
+        <= compact_error_bound(np.abs(x).max(axis=(2, 3)), p.steps)[..., None, None] * (1 + 1e-5)
     ).all()
+
+
+def test_scale_codes_cover_the_data_on_a_log_grid() -> None:
+    a = np.array([[0.0, 1.0, 1.05, 3.0, 1e-4]])
+    k = encode_scale(a)
+    back = decode_scale(k)
+    assert k[0, 0] == 0 and back[0, 0] == 0  # all-zero channel
+    assert k[0, 1] == 128 and back[0, 1] == 1.0  # exact powers of two stay exact
+    assert (back[0, 1:] >= a[0, 1:]).all()  # rounded up: codes never clip the data
+    assert (back[0, 1:] <= a[0, 1:] * 2 ** (1 / 8) * (1 + 1e-6)).all()
+    with pytest.raises(ValueError, match="beyond the compact scale range"):
+        encode_scale(np.array([[1e6]]))
 
 
 def test_attention_is_round_m_times_255() -> None:

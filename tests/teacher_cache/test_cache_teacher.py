@@ -17,6 +17,7 @@ from md.data import dataset_fingerprint, open_dataset
 from md.data.transforms import reduce_thermal
 from md.errors import DataError
 from md.stores import SCHEMA_VERSION, TargetStore, open_store, verify
+from md.stores.codecs import get_preset
 from md.teacher_cache import CacheConfig, load_teacher, low_thermal, run, student_thermal
 from md.train.checkpoint import file_sha256
 from tests.conftest import run_cli
@@ -226,7 +227,7 @@ def test_provenance_matches_checkpoint_and_data(det_teacher, synth_det, tmp_path
         assert lv["channels"] == teacher.out_channels[lv["name"]]
     assert attrs["task"] == "detection" and attrs["schema_version"] == SCHEMA_VERSION
     assert attrs["codec"]["name"] == "compact"
-    assert attrs["codec"]["quantization"] == "sqrt-uint8-per-sample-channel"
+    assert attrs["codec"]["quantization"] == get_preset("compact").quantization
     assert attrs["created"] and attrs["tool_version"]
     assert attrs["last_run"]["teacher_path"] == str(det_teacher.resolve())
 

@@ -5,14 +5,17 @@ Presets (every stored chunk is ``zstd`` then ``crc32c``, so shipped bytes are ch
 - ``lossless``: features as float16; the only loss is fp16 rounding (relative error
   <= 2**-11, absolute <= 2**-25 below the fp16 normal range). Values beyond +-65504 are refused.
 - ``compact``: features as uint8 codes of a square-root companded quantizer per sample and
-  channel: with ``a = max |x|`` over the channel's map (kept in the side array
-  ``feature_scale/L`` [N, C] float32), ``q = 63 + round(63 * sign(x) * sqrt(|x| / a))`` in
-  [0, 126] and ``x ~= a * sign(t) * t**2`` with ``t = (q - 63) / 63``. Zeros (half of a
-  post-ReLU map) are exact; the error is at most ``a * (1/63 + 1/(4 * 63**2))``, smallest near
-  zero where most values are. Square-root steps keep the cosine >= 0.9995 even for heavy tails
-  (max/rms ~ 30), where a uniform 64-step grid falls below 0.999; 63 steps per sign and zstd
-  level 1 (which beats levels 3-15 on such noise-like codes) give ~8x fewer bytes than float32
-  (7.5-8.1x on GAFF-like maps of 20k-650k values per sample).
+  channel. The channel's max ``|x|`` is rounded *up* to a log grid, ``a = 2**((k - 128) / 8)``,
+  and its code ``k`` (uint8; 0 = all-zero channel) is kept in the side array
+  ``feature_scale/L`` [N, C]. Then ``q = 31 + round(31 * sign(x) * sqrt(|x| / a))`` in [0, 62]
+  and ``x ~= a * sign(t) * t**2`` with ``t = (q - 31) / 31``. Zeros (half of a post-ReLU map)
+  are exact; the error is at most ``max|x| * 2**(1/8) * (1/31 + 1/(4 * 31**2))``, smallest
+  near zero where most values are. Why these numbers (measured on a cpu-demo teacher's real
+  features, docs/benchmarks.md): 63 steps per sign gave cosine 0.99985 but only 4.5-5.7x;
+  31 steps keep cosine >= 0.9993 and the one-byte scale matters on small maps (a float32 scale
+  was 22% of a 128x4x5 map's bytes). Square-root steps keep the cosine >= 0.999 on heavy tails
+  where a uniform grid of the same size does not. zstd level 1 beats levels 3-15 on such
+  noise-like codes.
 
 Attention masks in [0, 1] are stored as ``round(m * 255)`` uint8 (error <= 1/510).
 
@@ -69,10 +72,11 @@ PRESETS: dict[str, CodecPreset] = {
     "compact": CodecPreset(
         name="compact",
         feature_dtype="uint8",
-        quantization="sqrt-uint8-per-sample-channel",
-        steps=63,
+        quantization="sqrt-uint8-per-sample-channel, log2-uint8 scale (1/8 octave)",
+        steps=31,
         zstd_level=1,
-        description="uint8 sqrt-companded codes per sample and channel, max |x| in feature_scale/L; zstd",
+        description="uint8 sqrt-companded codes per sample and channel, scale code in "
+        "feature_scale/L; zstd",
     ),
 }
 
@@ -117,25 +121,50 @@ def decode_features(
     return dequantize_sqrt_uint8(stored, scale, preset.steps)
 
 
+SCALE_PER_OCTAVE = 8  # scale codes per factor of 2: the grid is at most 9% coarser than needed
+SCALE_OFFSET = 128  # code k <-> a = 2**((k - 128) / 8); k = 0 marks an all-zero channel
+SCALE_MAX = 2.0 ** ((255 - SCALE_OFFSET) / SCALE_PER_OCTAVE)  # ~6.1e4
+
+
+def encode_scale(a: np.ndarray) -> np.ndarray:
+    """Channel maxima [n, C] -> uint8 codes of the smallest grid value >= a (0 for a == 0)."""
+    a = np.asarray(a, dtype=np.float64)
+    if (a > SCALE_MAX).any():
+        raise ValueError(f"features reach {a.max():.4g}, beyond the compact scale range "
+                         f"({SCALE_MAX:.4g}); use codec 'lossless' or rescale the features")
+    with np.errstate(divide="ignore"):
+        k = np.ceil(np.log2(np.where(a > 0, a, 1.0)) * SCALE_PER_OCTAVE - 1e-9) + SCALE_OFFSET
+    return np.where(a > 0, np.clip(k, 1, 255), 0).astype(np.uint8)
+
+
+def decode_scale(k: np.ndarray) -> np.ndarray:
+    """uint8 scale codes -> float32 scales (0 for code 0)."""
+    k = np.asarray(k, dtype=np.float64)
+    a = np.exp2((k - SCALE_OFFSET) / SCALE_PER_OCTAVE)
+    return np.where(k > 0, a, 0.0).astype(np.float32)
+
+
 def quantize_sqrt_uint8(x: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Square-root companded codes per (sample, channel): -> (q [n,C,H,W] uint8, a [n,C])."""
+    """Square-root companded codes per (sample, channel): -> (q [n,C,H,W], scale codes [n,C])."""
     if not 1 <= steps <= 127:
         raise ValueError(f"steps must be in [1, 127] to fit uint8 codes, got {steps}")
-    a = np.abs(x).max(axis=(2, 3)).astype(np.float32)  # [n, C]
-    safe = np.where(a > 0, a, 1.0).astype(np.float32)[..., None, None]  # all-zero channel: a = 0
-    t = np.sign(x) * np.sqrt(np.abs(x) / safe)  # in [-1, 1]
+    k = encode_scale(np.abs(x).max(axis=(2, 3)))  # [n, C]
+    a = decode_scale(k)  # >= the true max, so |x| / a <= 1
+    safe = np.where(a > 0, a, 1.0).astype(np.float32)[..., None, None]  # all-zero channel
+    t = np.sign(x) * np.sqrt(np.minimum(np.abs(x) / safe, 1.0))  # in [-1, 1]
     q = np.rint(t * steps) + steps
-    return np.clip(q, 0, 2 * steps).astype(np.uint8), a
+    return np.clip(q, 0, 2 * steps).astype(np.uint8), k
 
 
-def dequantize_sqrt_uint8(q: np.ndarray, a: np.ndarray, steps: int) -> np.ndarray:
+def dequantize_sqrt_uint8(q: np.ndarray, k: np.ndarray, steps: int) -> np.ndarray:
     t = (q.astype(np.float32) - steps) / steps
-    return np.sign(t) * t * t * np.asarray(a, dtype=np.float32)[..., None, None]
+    return np.sign(t) * t * t * decode_scale(k)[..., None, None]
 
 
 def compact_error_bound(a: np.ndarray, steps: int) -> np.ndarray:
-    """Max abs error of `quantize_sqrt_uint8` per (sample, channel) with channel max `a`."""
-    return np.asarray(a, dtype=np.float64) * (1.0 / steps + 1.0 / (4.0 * steps * steps))
+    """Max abs error of `quantize_sqrt_uint8` per (sample, channel) whose true max |x| is `a`."""
+    grid = 2.0 ** (1.0 / SCALE_PER_OCTAVE)  # the stored scale is at most this much larger
+    return np.asarray(a, dtype=np.float64) * grid * (1.0 / steps + 1.0 / (4.0 * steps * steps))
 
 
 def encode_attention(m: np.ndarray) -> np.ndarray:

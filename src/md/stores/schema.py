@@ -187,7 +187,7 @@ class StoreSchema:
                         ArraySpec(
                             f"feature_scale{suffix}/{lv.name}",
                             (lv.channels,),
-                            "float32",
+                            "uint8",  # log-grid scale codes (md.stores.codecs.encode_scale)
                             "scale",
                             False,
                             ("sample", "channel"),
