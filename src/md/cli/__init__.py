@@ -55,15 +55,16 @@ def _register() -> None:
     from md.cli import data as data_cli
     from md.cli import evaluate as evaluate_cli
     from md.cli import store as store_cli
+    from md.cli import train_student as train_student_cli
     from md.cli import train_teacher as train_teacher_cli
 
     main.add_command(data_cli.data)
     main.add_command(store_cli.store)
     main.add_command(train_teacher_cli.train_teacher)
     main.add_command(evaluate_cli.evaluate)
+    main.add_command(train_student_cli.train_student)
     main.add_command(cache_teacher_cli.cache_teacher)
     for name, issue in (
-        ("train-student", 5),
         ("bench", 6),
         ("demo", 6),
     ):

@@ -27,7 +27,7 @@ LossFn = Callable[[nn.Module, dict[str, Any]], dict[str, torch.Tensor]]
 # Config fields that steer a run but do not change what it computes: a resume may differ in
 # these (e.g. stop_after, more workers, no progress bar) and still reach the same weights.
 RUN_CONTROL_FIELDS = frozenset({"stop_after", "progress", "num_workers", "log_every",
-                                "checkpoint_every", "device"})
+                                "checkpoint_every", "device", "prefetch_factor", "pin_memory"})
 
 
 def training_identity(config: dict[str, Any] | None) -> dict[str, Any]:

@@ -1,0 +1,347 @@
+"""The student's streaming loader: teacher targets from a store + the student's inputs.
+
+- `ShardAwareSampler`: batches of ``(row, aug_seed)``. Per epoch the shard order is shuffled,
+  then samples are shuffled within windows of `window_shards` consecutive shards (in that
+  order), so a batch reads from at most two adjacent windows (one, unless it straddles a
+  window boundary) instead of from all over the store. The order is a pure function of
+  (seed, epoch) and a sample's augmentation seed of (seed, global position), so a run resumed
+  at iteration k sees exactly the batches of an uninterrupted run.
+- `DistillDataset`: map-style over the sampler's rows. `__getitems__` reads a whole batch's
+  targets with one `TargetStore.read` per flip state (DataLoader workers call it with the
+  batch), then builds each sample: images (bundled in the store, or read from the dataset),
+  the thermal reduction, the flip, the crop, and the targets cut to match.
+- The store is a `TargetStore`, which pickles as URL + mode and reopens itself lazily in each
+  worker process (keyed on the pid): no handle is shared across fork.
+
+Augmentation consistency (offline == online == what the teacher would say):
+
+- a flip uses the stored flipped views ``features_flip/L``, ``attention_flip/L`` (the teacher
+  run on the mirrored images), never the stored maps mirrored;
+- a crop window is aligned to `ALIGN` (the coarsest backbone stride) and cuts a stride-s map
+  at rows [top/s, (top+h)/s) and columns [left/s, (left+w)/s), identically for every level;
+- order: reduce thermal on the full frame (the sensor sees the whole scene) -> flip -> crop.
+
+Sample keys: ``id``, ``group``, ``x`` (C, h, w) student input (C = 6, or 3 visible-only), the
+task's labels (``labels`` or ``boxes``/``box_ignore``/``box_occlusion``), targets
+``target/features/L`` (C_L, h_L, w_L) and ``target/attention/L`` (1, h_L, w_L) when read, and
+for an online teacher ``teacher/visible`` (3, H, W), ``teacher/thermal`` (1, H, W) full frame
+after the flip plus ``crop_window`` (4,) int64 (top, left, h, w).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+
+from md.data import PairedDataset
+from md.data.transforms import (
+    crop_sample,
+    hflip_sample,
+    random_aligned_crop_params,
+    reduce_thermal,
+    student_input,
+)
+from md.errors import DataError
+from md.stores import TargetStore
+
+ALIGN = 32  # coarsest backbone stride (c5): crops on this grid cut every level exactly
+
+Key = tuple[int, int]  # (row, aug_seed)
+
+
+# --- sampler ---------------------------------------------------------------------------------
+
+
+class ShardAwareSampler(Sampler[list[Key]]):
+    """Shard-local shuffled batches over the written rows of a store (see module docstring).
+
+    Args:
+        store_n: samples in the store (rows are 0..store_n-1).
+        shard_size: samples per shard.
+        written_mask: (store_n,) bool; rows that may be sampled.
+        batch_size: samples per batch.
+        seed: run seed; the order depends on (seed, epoch) only.
+        window_shards: consecutive shards (in the shuffled shard order) mixed together.
+
+    ``batch(i)`` is the batch of iteration i (position p = i·B + j -> epoch p // N, slot
+    p % N; N = written rows): batches run on across epochs, like the teacher's sampler.
+    Iterating yields the batches of the epoch set by ``set_epoch`` (the last may be short).
+    """
+
+    def __init__(self, store_n: int, shard_size: int, written_mask: np.ndarray | Sequence[bool],
+                 batch_size: int, seed: int, window_shards: int = 4) -> None:
+        mask = np.asarray(written_mask, dtype=bool)
+        if mask.shape != (store_n,) or not mask.any():
+            raise ValueError(f"written_mask must be ({store_n},) with some True, got {mask.shape}")
+        if batch_size < 1 or shard_size < 1 or window_shards < 1:
+            raise ValueError("batch_size, shard_size and window_shards must be >= 1")
+        rows = np.flatnonzero(mask)
+        self.n, self.batch_size, self.seed = rows.size, batch_size, seed
+        self.shard_size, self.window_shards = shard_size, window_shards
+        shard_of = rows // shard_size
+        self._shards = np.unique(shard_of)
+        self._rows_of = {int(k): rows[shard_of == k] for k in self._shards}
+        self._cache: tuple[int, np.ndarray] | None = None
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """(N,) rows of one epoch: shuffled shards, samples shuffled within each window."""
+        if self._cache is None or self._cache[0] != epoch:
+            rng = np.random.Generator(np.random.PCG64([self.seed, epoch, 0x5D]))
+            shards = rng.permutation(self._shards)
+            windows = [shards[i:i + self.window_shards]
+                       for i in range(0, shards.size, self.window_shards)]
+            order = [rng.permutation(np.concatenate([self._rows_of[int(k)] for k in w]))
+                     for w in windows]
+            self._cache = (epoch, np.concatenate(order))
+        return self._cache[1]
+
+    def key(self, position: int) -> Key:
+        """(row, aug_seed) at a global position (iteration·B + j)."""
+        row = int(self.epoch_order(position // self.n)[position % self.n])
+        aug = np.random.Generator(np.random.PCG64([self.seed, position, 0xA6])).integers(2**62)
+        return row, int(aug)
+
+    def batch(self, iteration: int) -> list[Key]:
+        return [self.key(iteration * self.batch_size + j) for j in range(self.batch_size)]
+
+    def __iter__(self) -> Iterator[list[Key]]:
+        first = self.epoch * self.n
+        for p in range(first, first + self.n, self.batch_size):
+            yield [self.key(q) for q in range(p, min(p + self.batch_size, first + self.n))]
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+
+class IterationSpan(Sampler[list[Key]]):
+    """The batches of iterations start .. stop-1 (the training loop's `batches(start)`)."""
+
+    def __init__(self, sampler: ShardAwareSampler, start: int, stop: int) -> None:
+        self.sampler, self.start, self.stop = sampler, start, stop
+
+    def __iter__(self) -> Iterator[list[Key]]:
+        for it in range(self.start, self.stop):
+            yield self.sampler.batch(it)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+# --- augmentation plan and target cuts -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Augment:
+    """One sample's augmentation, drawn from its seed before anything is read."""
+
+    flip: bool
+    window: tuple[int, int, int, int] | None  # (top, left, h, w), ALIGN-aligned; None = no crop
+
+
+def draw_augment(aug_seed: int, image_hw: tuple[int, int], flip: bool,
+                 crop_hw: tuple[int, int] | None) -> Augment:
+    """Flip with p = 0.5 (if enabled), then a uniform ALIGN-aligned crop window (if enabled)."""
+    g = torch.Generator().manual_seed(aug_seed)
+    do_flip = bool(flip and torch.rand((), generator=g) < 0.5)
+    window = None
+    if crop_hw is not None:
+        window = random_aligned_crop_params(*image_hw, *crop_hw, align=ALIGN, generator=g)
+    return Augment(do_flip, window)
+
+
+def cut_map(t: Tensor, window: tuple[int, int, int, int] | Sequence[int], stride: int) -> Tensor:
+    """Cut a stride-`stride` map (..., H_L, W_L) to an image window (top, left, h, w).
+
+    -> (..., h/stride, w/stride). The window must be aligned to `stride` and lie inside the
+    image; maps of images whose size is not a multiple of the stride (H_L = ceil(H/s)) work,
+    since the window never reaches the partial last cell.
+    """
+    top, left, h, w = (int(v) for v in window)
+    if (top | left | h | w) % stride:
+        raise ValueError(f"window {(top, left, h, w)} is not aligned to stride {stride}")
+    rows, cols = slice(top // stride, (top + h) // stride), slice(left // stride, (left + w) // stride)
+    out = t[..., rows, cols]
+    if out.shape[-2:] != (h // stride, w // stride):
+        raise ValueError(f"window {(top, left, h, w)} exceeds the {tuple(t.shape[-2:])} map")
+    return out
+
+
+def cut_batch(t: Tensor, windows: Tensor, stride: int) -> Tensor:
+    """Per-sample cuts of a batch of maps: t (B, C, H_L, W_L), windows (B, 4) -> (B, C, h, w)."""
+    return torch.stack([cut_map(t[i], windows[i].tolist(), stride) for i in range(t.shape[0])])
+
+
+# --- the dataset -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SampleSource:
+    """Where a run's samples come from and what each sample carries (picklable).
+
+    Rows are store indices when `store` is set, else dataset indices. `ds_index` maps a store
+    row to its dataset index (None when images and labels all come from the store).
+    """
+
+    task: str
+    image_hw: tuple[int, int]  # (H, W) of every image (targets are laid out for it)
+    thermal_factor: int | None  # 1/4/16/64; None = visible-only student
+    store: TargetStore | None = None
+    dataset: PairedDataset | None = None
+    ds_index: np.ndarray | None = None
+    target_levels: Mapping[str, str] | None = None  # student level -> store level name
+    strides: Mapping[str, int] | None = None  # student level -> stride
+    bundled_inputs: bool = False  # images from the store's inputs/visible, inputs/thermal
+    bundled_labels: bool = False  # labels / boxes from the store
+    flip: bool = False
+    crop_hw: tuple[int, int] | None = None
+    teacher_inputs: bool = False  # also deliver full-frame images for an online teacher
+    ids: np.ndarray | None = None  # store row -> sample id (read once, not per batch)
+    groups: np.ndarray | None = None  # store row -> group
+
+
+class DistillDataset(Dataset[dict[str, Any]]):
+    """``ds[(row, aug_seed)]`` -> one student sample (keys in the module docstring)."""
+
+    def __init__(self, source: SampleSource) -> None:
+        self.src = source
+
+    def __len__(self) -> int:
+        s = self.src
+        if s.store is not None:
+            return s.store.n
+        assert s.dataset is not None
+        return len(s.dataset)
+
+    def __getitem__(self, key: Key) -> dict[str, Any]:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: Sequence[Key]) -> list[dict[str, Any]]:
+        s = self.src
+        augs = [draw_augment(seed, s.image_hw, s.flip, s.crop_hw) for _, seed in keys]
+        rows = [int(r) for r, _ in keys]
+        stored = self._read_store(rows, augs)
+        return [self._sample(rows[i], augs[i], stored[i]) for i in range(len(keys))]
+
+    # -- store reads ---------------------------------------------------------------------------
+
+    def _input_names(self) -> list[str]:
+        """Bundled inputs / labels to read (the same whatever the flip)."""
+        s = self.src
+        names = ["inputs/visible", "inputs/thermal"] if s.bundled_inputs else []
+        if s.bundled_labels:
+            names += ["labels"] if s.task == "segmentation" else ["boxes", "num_boxes"]
+        return names
+
+    def _target_names(self, flip: bool) -> dict[str, str]:
+        """Stored target name -> sample key, for one flip state."""
+        suffix = "_flip" if flip else ""
+        names = {}
+        for lv, name in (self.src.target_levels or {}).items():
+            names[f"features{suffix}/{name}"] = f"target/features/{lv}"
+            names[f"attention{suffix}/{name}"] = f"target/attention/{lv}"
+        return names
+
+    def _read_store(self, rows: list[int], augs: list[Augment]) -> list[dict[str, np.ndarray]]:
+        """Per position, the store arrays it needs: one read of the inputs for the batch,
+        one read of the targets per flip state present."""
+        out: list[dict[str, np.ndarray]] = [{} for _ in rows]
+        store = self.src.store
+        if store is None:
+            return out
+        if inputs := self._input_names():
+            got = store.read(rows, names=inputs)
+            for i in range(len(rows)):
+                out[i].update({name: got[name][i] for name in inputs})
+        for flip in (False, True):
+            pos = [i for i, a in enumerate(augs) if a.flip == flip]
+            names = self._target_names(flip)
+            if not pos or not names:
+                continue
+            got = store.read([rows[i] for i in pos], names=list(names))
+            for j, i in enumerate(pos):
+                out[i].update({key: got[name][j] for name, key in names.items()})
+        return out
+
+    # -- one sample ----------------------------------------------------------------------------
+
+    def _sample(self, row: int, aug: Augment, stored: dict[str, np.ndarray]) -> dict[str, Any]:
+        s = self.src
+        item = self._base_item(row, stored)
+        # Thermal at student resolution, on the full frame; the teacher keeps the full one.
+        full_thermal = item["thermal"]
+        if "inputs/thermal" in stored:
+            item["thermal"] = upsample_thermal(stored["inputs/thermal"], s.image_hw)
+        elif s.thermal_factor is not None:
+            item["thermal"] = reduce_thermal(full_thermal, s.thermal_factor)
+        if s.teacher_inputs:
+            item["teacher/thermal"] = full_thermal
+        dense = ["teacher/thermal"] if s.teacher_inputs else []
+        if aug.flip:
+            item = hflip_sample(item, dense_keys=dense)
+        if s.teacher_inputs:
+            item["teacher/visible"] = item["visible"]
+            item["crop_window"] = torch.tensor(aug.window or (0, 0, *s.image_hw))
+        if aug.window is not None:
+            item = crop_sample(item, *aug.window, align=ALIGN)
+        for key in [k for k in stored if k.startswith("target/")]:
+            t = torch.from_numpy(np.ascontiguousarray(stored[key]))
+            item[key] = t if aug.window is None else cut_map(t, aug.window, self._stride(key))
+        item["x"] = student_input(item.pop("visible"),
+                                  None if s.thermal_factor is None else item["thermal"])
+        item.pop("thermal")
+        return item
+
+    def _stride(self, key: str) -> int:
+        assert self.src.strides is not None
+        return self.src.strides[key.rsplit("/", 1)[1]]
+
+    def _base_item(self, row: int, stored: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Full-frame visible (3, H, W), thermal (1, H, W) (None if only the bundled low one
+        exists), labels, id, group; from the dataset and/or the store."""
+        s = self.src
+        item: dict[str, Any] = {}
+        if s.dataset is not None and not (s.bundled_inputs and s.bundled_labels):
+            index = row if s.ds_index is None else int(s.ds_index[row])
+            item = dict(s.dataset[index])
+        if s.bundled_inputs:
+            item["visible"] = torch.from_numpy(stored["inputs/visible"]).float() / 255.0
+            item.setdefault("thermal", None)
+        if s.bundled_labels:
+            item.update(unpack_labels(s.task, stored))
+        if s.ids is not None and s.groups is not None:
+            item["id"], item["group"] = str(s.ids[row]), str(s.groups[row])
+        if tuple(item["visible"].shape[-2:]) != s.image_hw:
+            raise DataError(f"sample {item.get('id')}: image is {tuple(item['visible'].shape[-2:])}"
+                            f", not {s.image_hw} like the rest; use images of one size")
+        return item
+
+
+def upsample_thermal(low: np.ndarray, image_hw: tuple[int, int]) -> Tensor:
+    """Bundled thermal (1, h, w) uint8 -> (1, H, W) float32 in [0, 1]: the up-sampling half
+    of `reduce_thermal` (bilinear, align_corners=False)."""
+    x = torch.from_numpy(np.ascontiguousarray(low)).float().div(255.0)
+    if tuple(x.shape[-2:]) == tuple(image_hw):
+        return x
+    return F.interpolate(x[None], size=image_hw, mode="bilinear", align_corners=False)[0]
+
+
+def unpack_labels(task: str, stored: Mapping[str, np.ndarray]) -> dict[str, Tensor]:
+    """Bundled labels -> dataset item fields: ``labels`` (H, W) int64, or ``boxes`` (N, 4),
+    ``box_ignore`` (N,) bool, ``box_occlusion`` (N,) int64 from rows
+    (x1, y1, x2, y2, ignore, occlusion) of which the first ``num_boxes`` are real."""
+    if task == "segmentation":
+        return {"labels": torch.from_numpy(stored["labels"].astype(np.int64))}
+    rows = torch.from_numpy(np.asarray(stored["boxes"])[: int(stored["num_boxes"])].copy())
+    return {"boxes": rows[:, :4].float(), "box_ignore": rows[:, 4] > 0.5,
+            "box_occlusion": rows[:, 5].round().long()}

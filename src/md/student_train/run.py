@@ -1,0 +1,483 @@
+"""`md train-student`: the one-stream MD student, distilled from a teacher-target store.
+
+run(cfg) reads straight down: resolve the run (store, data, online teacher) -> sample source
+and streaming loader -> student -> loss -> `train_loop` -> loader-feed record.
+
+Loss = task loss + λ_A · attention transfer (Dice, MD eq. 3) + λ_S · semantic transfer
+(F-MSE, eq. 4; ``semantic_loss=mse`` for the S(M) ablation), each transfer loss the mean over
+the distilled levels. ``attention`` / ``semantic`` switch the parts for MD Tables 7-8.
+λ_A = λ_S = 1 by default: the paper adds the transfer losses to the task loss unweighted.
+Both are already scale-free: Dice lies in [0, 1], and F-MSE divides by C with softmax weights
+summing to 1 per image, so it is the per-channel squared error at the hardest positions,
+independent of channel count, map size and batch. When D sums hundreds of channels the
+softmax is nearly one-hot (F-MSE ≈ the worst position's D / C, about 4x plain MSE on our CPU
+teachers, where it starts at 10-40 against a task loss of 7-15); lower ``semantic_weight`` if
+it drowns the task loss on a new teacher.
+
+Three modes:
+
+- offline (default): targets stream from ``--store``; the teacher is never loaded. Images
+  come from the store if it bundles them (``inputs/visible``, ``inputs/thermal``), else from
+  ``--data`` (its fingerprint and sample ids must match the store's provenance);
+- ``online_teacher``: the same losses on targets computed live by a teacher checkpoint on
+  the same flips / crops (the comparison point for offline speed); needs ``--data``;
+- ``distill=false``: task loss only (the native image-level or visible-only student).
+
+Defaults follow MD §4.2 (batch 16, SGD lr 1e-2, 500 warm-up iterations from 1e-6, cosine;
+3,500 / 14,000 iterations for detection / segmentation).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from md.config import config_to_dict, save_config
+from md.data import PairedDataset, collate, dataset_fingerprint, open_dataset
+from md.data.transforms import check_crop
+from md.errors import ConfigError, MdError, StoreError
+from md.models import build_model
+from md.models.teacher import check_levels
+from md.stores import TargetStore, open_store
+from md.student_train import provenance as prov
+from md.student_train.loader import (
+    ALIGN,
+    DistillDataset,
+    IterationSpan,
+    SampleSource,
+    ShardAwareSampler,
+    cut_batch,
+)
+from md.student_train.losses import DistillationLoss
+from md.train import recipe
+from md.train.checkpoint import file_sha256
+from md.train.loop import LoopSettings, LossFn, sidecar, train_loop
+from md.train.teacher import TASK_ITERATIONS, head_kwargs
+
+LEVEL_BASE_CHANNELS = {"c3": 128, "c4": 256, "c5": 512}  # ResNet-18 at width 1
+
+
+@dataclass(frozen=True)
+class StudentTrainConfig:
+    task: Literal["auto", "detection", "segmentation"] = "auto"  # auto: the store's / data's
+    data: str = ""  # dataset root (KAIST or MFNet layout); optional if the store bundles inputs
+    split: str = "train"  # reads DATA/<split>.txt
+    store: str = ""  # teacher-target store (directory, .zip or fsspec URL)
+    thermal_factor: Literal[1, 4, 16, 64, "none"] = 16  # pixel factor; none = visible only
+    width: float = 0.0  # trunk width; 0 = the teacher's (from the store / online teacher), else 1
+    levels: tuple[str, ...] = ()  # distilled levels; () = all of the store's / teacher's
+    # (with distill=false the student has none: the plain image-level network)
+    head_input: Literal["attended", "transfer", "trunk"] = "attended"  # see md.models.student
+    head_channels: int = 128  # neck / PSP channels of the task head (as the teacher presets)
+    assign: Literal["iou", "mutual_guidance"] = "iou"  # detection label assignment
+    pretrained: str = ""  # local torchvision resnet18 weight file (width 1 only)
+    distill: bool = True  # false: task loss only (native image-level / visible-only student)
+    online_teacher: str = ""  # teacher.pt: compute targets live instead of reading a store
+    attention: bool = True  # attention transfer (the "A" of MD Tables 7-8)
+    semantic: bool = True  # semantic transfer (the "S")
+    semantic_loss: Literal["fmse", "mse"] = "fmse"  # S(F) or S(M)
+    attention_weight: float = 1.0  # λ_A
+    semantic_weight: float = 1.0  # λ_S (see the module docstring for the scale)
+    focal_weights_grad: bool = False  # let gradients flow through the F-MSE softmax weights
+    flip: bool = False  # random horizontal flips (p = 0.5); needs a store with flipped views
+    crop: tuple[int, ...] = ()  # random crop [side] or [h, w], multiples of 32; () = off
+    allow_partial: bool = False  # train on the written samples of an incomplete store
+    iterations: int = 0  # 0 = the task's default (3,500 detection / 14,000 segmentation)
+    batch_size: int = 16
+    lr: float = 1e-2
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 500
+    warmup_start_lr: float = 1e-6
+    seed: int = 0
+    window_shards: int = 4  # shards mixed by the shard-aware shuffle (read locality)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: Literal["none", "bf16", "fp16"] = "none"  # autocast dtype
+    channels_last: bool = False
+    num_workers: int = 0  # DataLoader worker processes (each opens the store itself)
+    prefetch_factor: int = 2  # batches each worker prepares ahead
+    pin_memory: bool = True  # page-locked batches for non_blocking copies (CUDA only)
+    log_every: int = 10  # iterations between metrics-log records
+    checkpoint_every: int = 100  # iterations between resume checkpoints
+    stop_after: int = 0  # stop after N iterations of this invocation (resume later); 0 = off
+    progress: bool = True
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Same widths / head channels as the teacher presets, so stores of those teachers match.
+    "cpu-tiny": {"width": 0.125, "head_channels": 32, "batch_size": 4, "iterations": 20,
+                 "warmup_iters": 5, "log_every": 2, "checkpoint_every": 10},
+    "cpu-demo": {"width": 0.25, "head_channels": 64, "batch_size": 8, "iterations": 400,
+                 "warmup_iters": 50, "log_every": 10, "checkpoint_every": 100},
+    "gpu-full": {"width": 1.0, "batch_size": 16, "iterations": 0, "warmup_iters": 500,
+                 "amp": "bf16", "channels_last": True, "num_workers": 8, "prefetch_factor": 4,
+                 "device": "cuda"},
+}
+
+
+def thermal_factor_of(cfg: StudentTrainConfig) -> int | None:
+    """1/4/16/64, or None for the visible-only student."""
+    return None if cfg.thermal_factor == "none" else int(cfg.thermal_factor)
+
+
+def crop_hw(cfg: StudentTrainConfig) -> tuple[int, int] | None:
+    sizes = [int(v) for v in cfg.crop]
+    if not sizes or sizes == [0]:
+        return None
+    if len(sizes) > 2 or min(sizes) <= 0:
+        raise ConfigError(f"crop must be [side] or [h, w] (positive), got {list(cfg.crop)}")
+    return (sizes[0], sizes[-1])
+
+
+# --- resolving the run -------------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    """Everything `run` (and the loader benchmark) needs, resolved and checked."""
+
+    cfg: StudentTrainConfig  # task, width and levels filled in
+    source: SampleSource
+    sampler: ShardAwareSampler
+    model: nn.Module
+    loss_fn: LossFn
+    teacher: nn.Module | None
+    meta: dict[str, Any]
+    iterations: int
+
+
+def prepare(cfg: StudentTrainConfig) -> Setup:
+    """Open and check the store / data / teacher; build the sample source, sampler, model."""
+    _check_modes(cfg)
+    ds = open_dataset(cfg.data, split=cfg.split) if cfg.data else None
+    fingerprint = dataset_fingerprint(ds) if ds is not None else None
+    store = open_store(cfg.store) if cfg.store else None
+    task = _resolve_task(cfg, ds, store)
+    teacher, teacher_sha = _online_teacher(cfg, task)
+    cfg = replace(cfg, task=task)
+    levels, width = _levels_and_width(cfg, store, teacher)
+    cfg = replace(cfg, levels=levels, width=width)
+    rows, ds_index = _rows(cfg, store, ds, fingerprint)
+    source = _source(cfg, store, ds, rows, ds_index, teacher)
+    model = _build_student(cfg)
+    if source.target_levels is not None:  # offline: the store's maps must fit this student
+        assert store is not None
+        prov.check_store_shapes(store, prov.store_levels(store, levels),
+                                model.out_channels, model.strides,  # type: ignore[arg-type]
+                                source.image_hw)
+    meta = {"task": task, "model_kind": "student", "model_args": model_args(cfg),
+            "config": config_to_dict(cfg), "split": cfg.split,
+            "lineage": _lineage(cfg, store, rows, teacher_sha),
+            "dataset_fingerprint": fingerprint or _store_fingerprint(store)}
+    return Setup(cfg, source, _sampler(cfg, store, rows, len(ds) if ds is not None else 0),
+                 model, _loss_fn(cfg, model, teacher), teacher, meta,
+                 cfg.iterations or TASK_ITERATIONS[task])
+
+
+def _sampler(cfg: StudentTrainConfig, store: TargetStore | None, rows: np.ndarray,
+             ds_len: int) -> ShardAwareSampler:
+    """Over store rows (shard-aware), or over dataset indices (shards of one sample)."""
+    n, shard_size = (store.n, store.shard_size) if store is not None else (ds_len, 1)
+    mask = np.zeros(n, dtype=np.bool_)
+    mask[rows] = True
+    return ShardAwareSampler(n, shard_size, mask, cfg.batch_size, cfg.seed, cfg.window_shards)
+
+
+def _lineage(cfg: StudentTrainConfig, store: TargetStore | None, rows: np.ndarray,
+             teacher_sha: str | None) -> dict[str, Any]:
+    """The store learned from and the teacher behind the targets (online: the file's sha)."""
+    recorded = prov.recorded_teacher_sha256(store.attrs) if store is not None else None
+    return {"store": prov.store_lineage(store, rows) if store is not None else None,
+            "teacher_sha256": teacher_sha or (recorded if cfg.distill else None),
+            "online_teacher": cfg.online_teacher or None}
+
+
+def _check_modes(cfg: StudentTrainConfig) -> None:
+    if cfg.distill and not cfg.online_teacher and not cfg.store:
+        raise ConfigError("distillation reads a target store: pass --store STORE (or "
+                          "--online-teacher teacher.pt, or --no-distill for the native student)")
+    if not cfg.data and not cfg.store:
+        raise ConfigError("pass --data DIR (or a --store that bundles the inputs)")
+    if cfg.online_teacher and not cfg.data:
+        raise ConfigError("--online-teacher needs --data DIR: the teacher sees full-resolution "
+                          "thermal images, which stores do not hold")
+    if cfg.distill and not (cfg.attention or cfg.semantic):
+        raise ConfigError("attention=false and semantic=false leave nothing to distil; use "
+                          "--no-distill for the task loss only")
+
+
+def _resolve_task(cfg: StudentTrainConfig, ds: PairedDataset | None,
+                  store: TargetStore | None) -> Literal["detection", "segmentation"]:
+    found = {"store": store.schema.task if store is not None else None,
+             "dataset": ds.task if ds is not None else None}
+    if found["store"] and found["dataset"] and found["store"] != found["dataset"]:
+        raise MdError(f"{cfg.data}: the dataset is for {found['dataset']}, the store "
+                      f"{cfg.store} for {found['store']}; pass the data the store was cached from")
+    task = cfg.task if cfg.task != "auto" else (found["store"] or found["dataset"])
+    for what, t in found.items():
+        if t is not None and t != task:
+            where = cfg.store if what == "store" else cfg.data
+            raise MdError(f"{where}: the {what} is for {t}, not {task}; pass --task {t}")
+    assert task in ("detection", "segmentation")
+    return task  # type: ignore[return-value]
+
+
+def _online_teacher(cfg: StudentTrainConfig, task: str) -> tuple[nn.Module | None, str | None]:
+    if not (cfg.online_teacher and cfg.distill):
+        return None, None
+    from md.eval.model_eval import load_model
+
+    teacher, ckpt = load_model(cfg.online_teacher)
+    if ckpt["model_kind"] != "teacher" or ckpt["task"] != task:
+        raise MdError(f"{cfg.online_teacher}: holds a {ckpt['task']} {ckpt['model_kind']}, "
+                      f"not a {task} teacher; pass a checkpoint of md train-teacher --task {task}")
+    teacher.requires_grad_(False)
+    return teacher, file_sha256(cfg.online_teacher)
+
+
+def _levels_and_width(cfg: StudentTrainConfig, store: TargetStore | None,
+                      teacher: nn.Module | None) -> tuple[tuple[str, ...], float]:
+    """Distilled levels (default: all the teacher's) and the trunk width (default: the
+    teacher's, read off the store's channel counts or the teacher checkpoint)."""
+    if not cfg.distill:
+        return (), cfg.width or 1.0
+    if teacher is not None:
+        have: tuple[str, ...] = tuple(teacher.levels)  # type: ignore[arg-type]
+        levels = check_levels(cfg.levels or have, allow_empty=False)
+        if not set(levels) <= set(have):
+            raise MdError(f"{cfg.online_teacher}: the teacher fuses levels {list(have)}, not "
+                          f"{list(levels)}; pass levels=[{','.join(have)}] or a subset")
+        teacher_width = teacher_width_of(teacher)
+        if cfg.width and cfg.width != teacher_width:
+            raise MdError(f"{cfg.online_teacher}: teacher width {teacher_width}, run width "
+                          f"{cfg.width}; distilled features need the teacher's (pass width=0)")
+        return levels, teacher_width
+    assert store is not None
+    have = tuple(lv.name.lower() for lv in store.schema.levels)
+    levels = check_levels(cfg.levels or have, allow_empty=False)
+    specs = prov.store_levels(store, levels)
+    return levels, cfg.width or prov.width_from_store(store, specs, LEVEL_BASE_CHANNELS)
+
+
+def teacher_width_of(teacher: nn.Module) -> float:
+    """The trunk width of a loaded two-stream teacher."""
+    return float(teacher.visible.width)  # type: ignore[union-attr,arg-type]
+
+
+def _rows(cfg: StudentTrainConfig, store: TargetStore | None, ds: PairedDataset | None,
+          fingerprint: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Rows to sample (store indices, or dataset indices) and store row -> dataset index."""
+    if store is None:
+        assert ds is not None
+        return np.arange(len(ds)), None
+    rows = prov.written_rows(store, cfg.allow_partial)
+    if ds is None:
+        return rows, None
+    assert fingerprint is not None
+    ds_index = np.full(store.n, -1, dtype=np.int64)
+    ds_index[rows] = prov.match_dataset(store, rows, ds, fingerprint)
+    return rows, ds_index
+
+
+def _source(cfg: StudentTrainConfig, store: TargetStore | None, ds: PairedDataset | None,
+            rows: np.ndarray, ds_index: np.ndarray | None,
+            teacher: nn.Module | None) -> SampleSource:
+    """What each sample carries; refuses flips without flipped views and bad crops."""
+    offline = store is not None and cfg.distill and teacher is None
+    inputs = store is not None and teacher is None and prov.bundled_inputs(store.schema)
+    labels = store is not None and teacher is None and prov.bundled_labels(store.schema)
+    tf = thermal_factor_of(cfg)
+    if inputs:
+        prov.check_thermal_factor(store, tf)  # type: ignore[arg-type]
+    if ds is None and not (inputs and labels):
+        raise ConfigError(f"{cfg.store}: the store bundles no inputs and labels; pass --data DIR "
+                          "with the images it was cached from")
+    if offline and cfg.flip and not store.schema.flips:  # type: ignore[union-attr]
+        raise StoreError(f"{cfg.store}: flip=true needs the stored flipped views "
+                         "(features_flip/attention_flip), which this store lacks; pass "
+                         "flip=false or cache the teacher with flips")
+    if inputs:
+        image_hw = prov.bundled_image_hw(store.schema)  # type: ignore[union-attr]
+    else:
+        assert ds is not None
+        first = int(rows[0]) if ds_index is None else int(ds_index[rows[0]])
+        height, width = ds[first]["visible"].shape[-2:]
+        image_hw = (int(height), int(width))
+    window = crop_hw(cfg)
+    if window is not None:
+        check_crop(0, 0, *window, ALIGN, *image_hw)
+    specs = prov.store_levels(store, cfg.levels) if offline else {}  # type: ignore[arg-type]
+    ids, groups = prov.row_meta(store, rows) if store is not None else (None, None)
+    return SampleSource(
+        task=cfg.task, image_hw=image_hw, thermal_factor=tf, store=store,
+        dataset=None if (inputs and labels) else ds, ds_index=ds_index,
+        target_levels={lv: s.name for lv, s in specs.items()} or None,
+        strides={lv: s.stride for lv, s in specs.items()} or None,
+        bundled_inputs=inputs, bundled_labels=labels, flip=cfg.flip, crop_hw=window,
+        teacher_inputs=teacher is not None, ids=ids, groups=groups)
+
+
+def _store_fingerprint(store: TargetStore | None) -> dict[str, Any] | None:
+    if store is None:
+        return None
+    recorded = prov.recorded_fingerprint(store.attrs)
+    return recorded or {"sha256": prov.recorded_dataset_sha256(store.attrs)}
+
+
+# --- model and loss ------------------------------------------------------------------------------
+
+
+def model_args(cfg: StudentTrainConfig) -> dict[str, Any]:
+    """Constructor arguments saved in the checkpoint so `md evaluate model` can rebuild it."""
+    return {"in_channels": 3 if thermal_factor_of(cfg) is None else 6, "width": cfg.width,
+            "levels": list(cfg.levels), "head_input": cfg.head_input,
+            "num_classes": 9 if cfg.task == "segmentation" else 1,
+            "head_kwargs": head_kwargs(cfg.task, cfg.head_channels, cfg.assign)}
+
+
+def _build_student(cfg: StudentTrainConfig) -> nn.Module:
+    torch.manual_seed(cfg.seed)  # initial weights depend on the seed only
+    return build_model("student", cfg.task, pretrained=cfg.pretrained or None, **model_args(cfg))
+
+
+def _loss_fn(cfg: StudentTrainConfig, model: nn.Module, teacher: nn.Module | None) -> LossFn:
+    """Task parts (e.g. cls, box / seg), then "task", "attention", "semantic", "total"."""
+    distill = None
+    if cfg.distill:
+        distill = DistillationLoss(
+            cfg.levels, attention=cfg.attention, semantic=cfg.semantic,
+            semantic_loss=cfg.semantic_loss, attention_weight=cfg.attention_weight,
+            semantic_weight=cfg.semantic_weight, focal_weights_grad=cfg.focal_weights_grad)
+    strides = dict(model.strides)  # type: ignore[arg-type]
+
+    def loss_fn(m: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        out = m(batch["x"])
+        parts = m.loss(out, batch)  # type: ignore[operator]
+        task = parts.pop("total")
+        if distill is None:
+            return {**parts, "total": task}
+        targets = (live_targets(teacher, batch, strides) if teacher is not None
+                   else stored_targets(batch, cfg.levels))
+        d = distill(out, targets)
+        return {**parts, "task": task, **{k: v for k, v in d.items() if k != "distill"},
+                "total": task + d["distill"]}
+
+    return loss_fn
+
+
+def stored_targets(batch: dict[str, Any], levels: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The batch's store targets as {"features": {L: (B, C, h, w)}, "masks": {L: (B, 1, h, w)}}."""
+    return {"features": {lv: batch[f"target/features/{lv}"] for lv in levels},
+            "masks": {lv: batch[f"target/attention/{lv}"] for lv in levels}}
+
+
+def live_targets(teacher: nn.Module, batch: dict[str, Any],
+                 strides: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """Targets from the teacher on the full (flipped) frame, cut to each sample's crop window:
+    exactly what the store would hold for the same sample and augmentation."""
+    with torch.no_grad():
+        out = teacher.forward_features(batch["teacher/visible"],  # type: ignore[operator]
+                                       batch["teacher/thermal"])
+    windows = batch["crop_window"].cpu()
+    return {key: {lv: cut_batch(out[key][lv].float(), windows, s) for lv, s in strides.items()}
+            for key in ("features", "masks")}
+
+
+# --- loader --------------------------------------------------------------------------------------
+
+
+class FeedMeter:
+    """Times how long the training loop waits for each batch (loader feed vs step time)."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.batches, self.wait, self.first_wait = 0, 0.0, 0.0
+
+    def wrap(self, batches: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        it = iter(batches)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            dt = time.perf_counter() - t0
+            if self.batches == 0:
+                self.first_wait = dt  # worker start-up and the first read: not steady state
+            else:
+                self.wait += dt
+            self.batches += 1
+            yield batch
+
+    def record(self, seconds: float) -> dict[str, Any]:
+        """Steady-state figures (the first batch excluded): samples/s the step consumed and
+        the fraction of the loop spent waiting on the loader (≈ 0 when it keeps up)."""
+        n = max(0, self.batches - 1) * self.batch_size
+        busy = max(1e-9, seconds - self.first_wait)
+        return {"batches": self.batches, "first_batch_s": round(self.first_wait, 4),
+                "wait_s": round(self.wait, 4), "wait_fraction": round(self.wait / busy, 4),
+                "train_samples_per_s": round(n / busy, 2),
+                "step_samples_per_s": round(n / max(1e-9, busy - self.wait), 2)}
+
+
+def make_loader(setup: Setup, start: int, stop: int, device: torch.device,
+                num_workers: int | None = None) -> DataLoader:
+    """The DataLoader for iterations start .. stop-1 (workers open the store lazily)."""
+    cfg = setup.cfg
+    workers = cfg.num_workers if num_workers is None else num_workers
+    return DataLoader(DistillDataset(setup.source),
+                      batch_sampler=IterationSpan(setup.sampler, start, stop),
+                      collate_fn=collate, num_workers=workers,
+                      prefetch_factor=cfg.prefetch_factor if workers else None,
+                      pin_memory=cfg.pin_memory and device.type == "cuda",
+                      persistent_workers=False)
+
+
+# --- run -----------------------------------------------------------------------------------------
+
+
+def loop_settings(cfg: StudentTrainConfig, iterations: int) -> LoopSettings:
+    return LoopSettings(
+        iterations=iterations, lr=cfg.lr, momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay, warmup_iters=min(cfg.warmup_iters, iterations),
+        warmup_start_lr=cfg.warmup_start_lr, seed=cfg.seed, amp=cfg.amp,
+        channels_last=cfg.channels_last, log_every=cfg.log_every,
+        checkpoint_every=cfg.checkpoint_every, stop_after=cfg.stop_after,
+        progress=cfg.progress)
+
+
+def run(cfg: StudentTrainConfig, *, out: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train a student; writes OUT, OUT-stem.{metrics.jsonl,loss.png,config.yaml}."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    setup = prepare(cfg)
+    save_config(setup.cfg, sidecar(out, "config.yaml"))
+    device = recipe.resolve_device(setup.cfg.device)
+    if setup.teacher is not None:
+        setup.teacher.to(device)
+        if setup.cfg.channels_last:
+            setup.teacher.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    meter = FeedMeter(setup.cfg.batch_size)
+
+    def batches(start: int) -> Iterator[dict[str, Any]]:
+        return meter.wrap(make_loader(setup, start, setup.iterations, device))
+
+    mode = ("native" if not setup.cfg.distill else
+            "online" if setup.teacher is not None else "offline")
+    summary = train_loop(setup.model, setup.loss_fn, batches,
+                         loop_settings(setup.cfg, setup.iterations), out=out, meta=setup.meta,
+                         device=device, resume=resume, desc=f"student[{mode}/{setup.cfg.task}]")
+    feed = meter.record(summary["seconds"])
+    with sidecar(out, "metrics.jsonl").open("a") as f:  # not a loss record: the plot skips it
+        f.write(json.dumps({"kind": "loader", "iteration": summary["iteration"], **feed}) + "\n")
+    return {**summary, "out": str(out), "device": str(device), "mode": mode, "loader": feed,
+            "lineage": setup.meta["lineage"]}

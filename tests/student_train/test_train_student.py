@@ -1,0 +1,171 @@
+"""`md train-student` end to end on a tiny synthetic set and stores from `md cache-teacher`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from md.stores import open_store
+from md.train.checkpoint import file_sha256, load_checkpoint
+from md.train.metrics_log import read_log
+from tests.conftest import run_cli
+from tests.student_train.caching import cache
+
+TINY = ["--preset", "cpu-tiny", "batch_size=2", "progress=false"]
+
+
+def _train(out: Path, *args: str, expect: int = 0) -> str:
+    return run_cli("train-student", "--out", str(out), *TINY, *args, expect=expect)
+
+
+def _losses(path: Path) -> list[dict]:
+    return [r for r in read_log(path) if r.get("kind", "train") == "train"]
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    wa, wb = load_checkpoint(a)["weights"], load_checkpoint(b)["weights"]
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_offline_training_never_needs_the_teacher(det_teacher, synth_det, tmp_path):
+    teacher = tmp_path / "teacher.pt"
+    shutil.copy(det_teacher, teacher)
+    sha = file_sha256(teacher)
+    store = cache(teacher, synth_det, tmp_path / "s.zarr", "--bundle-inputs",
+                  "--thermal-factor", "16")
+    teacher.unlink()  # offline mode must not load it
+    out = tmp_path / "student.pt"
+    _train(out, "--store", str(store), "iterations=3", "log_every=1", "flip=false")
+    ck = load_checkpoint(out, task="detection", model_kind="student")
+    assert ck["model_args"]["in_channels"] == 6 and ck["model_args"]["levels"] == ["c3", "c4", "c5"]
+    assert ck["model_args"]["width"] == 0.125 and ck["config"]["thermal_factor"] == 16
+    lineage = ck["lineage"]
+    attrs = open_store(store).attrs
+    assert lineage["teacher_sha256"] == sha
+    assert lineage["store"]["dataset_sha256"] == attrs["dataset"]["fingerprint"]["sha256"]
+    assert ck["dataset_fingerprint"]["sha256"] == attrs["dataset"]["fingerprint"]["sha256"]
+    assert len(lineage["store"]["attrs_sha256"]) == 64 and lineage["store"]["samples_used"] == 8
+    log = read_log(tmp_path / "student.metrics.jsonl")
+    assert {"loss/task", "loss/attention", "loss/semantic", "loss/cls", "loss/total"} <= set(log[0])
+    feed = [r for r in log if r.get("kind") == "loader"]
+    assert len(feed) == 1 and feed[0]["step_samples_per_s"] > 0
+    saved = yaml.safe_load((tmp_path / "student.config.yaml").read_text())
+    assert saved["task"] == "detection" and saved["levels"] == ["c3", "c4", "c5"]
+    # md evaluate model rebuilds the student and reduces thermal as in training.
+    res = json.loads(run_cli("evaluate", "model", str(out), "--data", str(synth_det), "--json"))
+    assert res["model_kind"] == "student" and res["thermal_factor"] == 16
+    assert set(res["miss_rate"]) == {"all", "day", "night"}
+
+
+def test_resume_reaches_the_same_weights(full_store, tmp_path):
+    args = ("--store", str(full_store), "iterations=4", "flip=true", "crop=64", "log_every=1")
+    full, cut = tmp_path / "full.pt", tmp_path / "cut.pt"
+    _train(full, *args)
+    assert "continue with --resume" in _train(cut, *args, "stop_after=2")
+    _train(cut, *args, "--resume")
+    assert _same_weights(full, cut), "resumed run diverged"
+    a, b = _losses(tmp_path / "full.metrics.jsonl"), _losses(tmp_path / "cut.metrics.jsonl")
+    assert [r["iteration"] for r in a] == [r["iteration"] for r in b] == list(range(4))
+    assert a[-1]["loss/total"] == pytest.approx(b[-1]["loss/total"])
+
+
+def test_zip_packed_store_trains_to_the_same_weights(plain_store, synth_det, tmp_path):
+    packed = tmp_path / "plain.zip"
+    run_cli("store", "pack", str(plain_store), str(packed))
+    args = ("--data", str(synth_det), "iterations=1")
+    _train(tmp_path / "dir.pt", "--store", str(plain_store), *args)
+    _train(tmp_path / "zip.pt", "--store", str(packed), *args)
+    assert _same_weights(tmp_path / "dir.pt", tmp_path / "zip.pt")
+    lin = [load_checkpoint(tmp_path / f"{k}.pt")["lineage"]["store"] for k in ("dir", "zip")]
+    assert lin[0]["attrs_sha256"] == lin[1]["attrs_sha256"] and lin[1]["url"].endswith(".zip")
+
+
+def test_native_visible_only_student_needs_no_store(synth_det, tmp_path):
+    out = tmp_path / "native.pt"
+    _train(out, "--data", str(synth_det), "--no-distill", "--thermal-factor", "none",
+           "iterations=2", "log_every=1")
+    ck = load_checkpoint(out, model_kind="student")
+    assert ck["model_args"]["in_channels"] == 3 and ck["model_args"]["levels"] == []
+    assert ck["config"]["thermal_factor"] == "none" and ck["lineage"]["store"] is None
+    assert not any(k.startswith("attention") for k in ck["weights"])
+    assert set(_losses(tmp_path / "native.metrics.jsonl")[0]) == {
+        "iteration", "lr", "loss/cls", "loss/box", "loss/total"}
+    res = json.loads(run_cli("evaluate", "model", str(out), "--data", str(synth_det), "--json"))
+    assert res["thermal_factor"] == "none" and res["samples"] == 4
+
+
+def test_online_teacher_first_step_losses_equal_offline(plain_store, det_teacher, synth_det,
+                                                        tmp_path):
+    args = ("--store", str(plain_store), "--data", str(synth_det), "iterations=1", "crop=64")
+    _train(tmp_path / "off.pt", *args)
+    _train(tmp_path / "on.pt", *args, "--online-teacher", str(det_teacher))
+    off = _losses(tmp_path / "off.metrics.jsonl")[0]
+    on = _losses(tmp_path / "on.metrics.jsonl")[0]
+    for k in ("loss/attention", "loss/semantic", "loss/task"):
+        assert on[k] == pytest.approx(off[k], rel=2e-3), k  # lossless codec: fp16, 1/255 masks
+    ck = load_checkpoint(tmp_path / "on.pt")
+    assert ck["lineage"]["teacher_sha256"] == file_sha256(det_teacher)
+    assert ck["lineage"]["online_teacher"] == str(det_teacher)
+
+
+def _one_line_error(out: Path, *args: str) -> str:
+    err = _train(out, *args, expect=2)
+    assert len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_flip_needs_stored_flipped_views(plain_store, synth_det, tmp_path):
+    err = _one_line_error(tmp_path / "s.pt", "--store", str(plain_store), "--data",
+                          str(synth_det), "flip=true")
+    assert "flipped views" in err and "flip=false" in err
+
+
+def test_incomplete_store_lists_missing_shards_or_trains_on_written(det_teacher, synth_det,
+                                                                   tmp_path):
+    store = cache(det_teacher, synth_det, tmp_path / "part.zarr", "--bundle-inputs",
+                  "--thermal-factor", "16", "stop_after_shards=1")
+    err = _one_line_error(tmp_path / "s.pt", "--store", str(store))
+    assert "shards [1]" in err and "--allow-partial" in err
+    out = tmp_path / "partial.pt"
+    _train(out, "--store", str(store), "--allow-partial", "iterations=3")
+    assert load_checkpoint(out)["lineage"]["store"]["samples_used"] == 4
+
+
+def test_store_from_other_data_is_refused(plain_store, tmp_path):
+    other = tmp_path / "other"
+    run_cli("data", "synth", "--task", "detection", "--out", str(other), "--n-train", "8",
+            "--n-test", "1", "--size", "96x80", "--seed", "7")
+    err = _one_line_error(tmp_path / "s.pt", "--store", str(plain_store), "--data", str(other))
+    assert "another dataset" in err and str(plain_store) in err
+
+
+def test_level_and_thermal_mismatches_are_refused(det_teacher, synth_det, full_store, tmp_path):
+    store = cache(det_teacher, synth_det, tmp_path / "c4.zarr", "--levels", "c4")
+    err = _one_line_error(tmp_path / "s.pt", "--store", str(store), "--data", str(synth_det),
+                          "levels=[c3,c4]")
+    assert "levels [c4]" in err
+    err = _one_line_error(tmp_path / "s.pt", "--store", str(full_store), "--thermal-factor", "4")
+    assert "reduced by 16, not by 4" in err
+    err = _one_line_error(tmp_path / "s.pt", "--store", str(full_store), "width=0.25")
+    assert "channels" in err and "width" in err
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    ((), "pass --store"),
+    (("--no-distill",), "pass --data"),
+    (("--online-teacher", "t.pt", "--store", "s.zarr"), "needs --data"),
+    (("--no-distill", "attention=false", "semantic=false"), "pass --data"),
+    (("--store", "s.zarr", "attention=false", "semantic=false"), "nothing to distil"),
+])
+def test_usage_errors_are_one_line(tmp_path, args, words):
+    assert words in _one_line_error(tmp_path / "s.pt", *args)
+
+
+def test_misaligned_crop_is_refused(full_store, tmp_path):
+    err = _one_line_error(tmp_path / "s.pt", "--store", str(full_store), "crop=48")
+    assert "multiple of align=32" in err
