@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader
 
 from md.config import config_to_dict, save_config
 from md.data import PairedDataset, collate, dataset_fingerprint, open_dataset
+from md.data.class_weights import enet_weights, label_frequencies
 from md.data.transforms import check_crop
 from md.errors import ConfigError, MdError, StoreError
 from md.models import build_model
@@ -61,7 +62,7 @@ from md.student_train.losses import DistillationLoss
 from md.train import recipe
 from md.train.checkpoint import file_sha256
 from md.train.loop import LoopSettings, LossFn, sidecar, train_loop
-from md.train.teacher import TASK_ITERATIONS, head_kwargs
+from md.train.teacher import TASK_ITERATIONS, head_kwargs, resolve_class_weights
 
 LEVEL_BASE_CHANNELS = {"c3": 128, "c4": 256, "c5": 512}  # ResNet-18 at width 1
 
@@ -79,6 +80,8 @@ class StudentTrainConfig:
     head_input: Literal["attended", "transfer", "trunk"] = "attended"  # see md.models.student
     head_channels: int = 128  # neck / PSP channels of the task head (as the teacher presets)
     assign: Literal["iou", "mutual_guidance"] = "iou"  # detection label assignment
+    class_weighting: Literal["none", "enet"] = "none"  # segmentation CE weights (data/class_weights)
+    class_weights: tuple[float, ...] = ()  # explicit per-class weights; filled in by "enet"
     pretrained: str = ""  # local torchvision resnet18 weight file (width 1 only)
     distill: bool = True  # false: task loss only (native image-level / visible-only student)
     online_teacher: str = ""  # teacher.pt: compute targets live instead of reading a store
@@ -114,9 +117,9 @@ class StudentTrainConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Same widths / head channels as the teacher presets, so stores of those teachers match.
-    "cpu-tiny": {"width": 0.125, "head_channels": 32, "batch_size": 4, "iterations": 20,
+    "cpu-tiny": {"width": 0.125, "head_channels": 32, "class_weighting": "enet", "batch_size": 4, "iterations": 20,
                  "warmup_iters": 5, "log_every": 2, "checkpoint_every": 10},
-    "cpu-demo": {"width": 0.25, "head_channels": 64, "batch_size": 8, "iterations": 400,
+    "cpu-demo": {"width": 0.25, "head_channels": 64, "class_weighting": "enet", "batch_size": 8, "iterations": 400,
                  "warmup_iters": 50, "log_every": 10, "checkpoint_every": 100},
     "gpu-full": {"width": 1.0, "batch_size": 16, "iterations": 0, "warmup_iters": 500,
                  "amp": "bf16", "channels_last": True, "num_workers": 8, "prefetch_factor": 4,
@@ -164,6 +167,7 @@ def prepare(cfg: StudentTrainConfig) -> Setup:
     task = _resolve_task(cfg, ds, store)
     teacher, teacher_sha = _online_teacher(cfg, task)
     cfg = replace(cfg, task=task)
+    cfg = _class_weights(cfg, ds, store)
     levels, width = _levels_and_width(cfg, store, teacher)
     cfg = replace(cfg, levels=levels, width=width)
     rows, ds_index = _rows(cfg, store, ds, fingerprint)
@@ -181,6 +185,22 @@ def prepare(cfg: StudentTrainConfig) -> Setup:
     return Setup(cfg, source, _sampler(cfg, store, rows, len(ds) if ds is not None else 0),
                  model, _loss_fn(cfg, model, teacher), teacher, meta,
                  cfg.iterations or TASK_ITERATIONS[task])
+
+
+def _class_weights(cfg: StudentTrainConfig, ds: PairedDataset | None,
+                   store: TargetStore | None) -> StudentTrainConfig:
+    """ENet class weights from the training labels: the dataset's files, else the store's."""
+    if cfg.task != "segmentation" or cfg.class_weighting == "none" or cfg.class_weights:
+        return cfg
+    if ds is not None:
+        return resolve_class_weights(cfg, ds)
+    if store is not None and "labels" in store.raw_names():
+        rows = np.flatnonzero(store.written_mask())
+        labels = (store.read(rows[i:i + 64], ["labels"])["labels"]
+                  for i in range(0, len(rows), 64))
+        return replace(cfg, class_weights=enet_weights(label_frequencies(labels, 9)))
+    raise MdError("class_weighting=enet needs training labels: pass --data, a store made with "
+                  "--bundle-inputs, or class_weighting=none")
 
 
 def _sampler(cfg: StudentTrainConfig, store: TargetStore | None, rows: np.ndarray,
@@ -341,7 +361,8 @@ def model_args(cfg: StudentTrainConfig) -> dict[str, Any]:
     return {"in_channels": 3 if thermal_factor_of(cfg) is None else 6, "width": cfg.width,
             "levels": list(cfg.levels), "head_input": cfg.head_input,
             "num_classes": 9 if cfg.task == "segmentation" else 1,
-            "head_kwargs": head_kwargs(cfg.task, cfg.head_channels, cfg.assign)}
+            "head_kwargs": head_kwargs(cfg.task, cfg.head_channels, cfg.assign,
+                                       cfg.class_weights)}
 
 
 def _build_student(cfg: StudentTrainConfig) -> nn.Module:

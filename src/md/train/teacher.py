@@ -7,7 +7,7 @@ Defaults follow MD §4.2 (batch 16, SGD lr 1e-2, 500 warm-up iterations from 1e-
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from md.config import config_to_dict, save_config
 from md.data import dataset_fingerprint, open_dataset
+from md.data.class_weights import dataset_class_weights
 from md.data.collate import collate
 from md.data.transforms import hflip_sample
 from md.errors import MdError
@@ -38,6 +39,8 @@ class TeacherTrainConfig:
     pretrained: str = ""  # local torchvision resnet18 weight file (width 1 only)
     assign: Literal["iou", "mutual_guidance"] = "iou"  # detection label assignment
     head_channels: int = 128  # neck / PSP channels of the task head (smaller on CPU presets)
+    class_weighting: Literal["none", "enet"] = "none"  # segmentation CE weights (data/class_weights)
+    class_weights: tuple[float, ...] = ()  # explicit per-class weights; filled in by "enet"
     iterations: int = 0  # 0 = the task's default (3,500 detection / 14,000 segmentation)
     batch_size: int = 16
     lr: float = 1e-2
@@ -59,10 +62,10 @@ class TeacherTrainConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Seconds on 2 CPU cores: tests and smoke runs.
-    "cpu-tiny": {"width": 0.125, "head_channels": 32, "batch_size": 4, "iterations": 20, "warmup_iters": 5,
+    "cpu-tiny": {"width": 0.125, "head_channels": 32, "class_weighting": "enet", "batch_size": 4, "iterations": 20, "warmup_iters": 5,
                  "log_every": 2, "checkpoint_every": 10},
     # The demo's size: a few minutes on 2 CPU cores at the synthetic default resolution.
-    "cpu-demo": {"width": 0.25, "head_channels": 64, "batch_size": 8, "iterations": 400, "warmup_iters": 50,
+    "cpu-demo": {"width": 0.25, "head_channels": 64, "class_weighting": "enet", "batch_size": 8, "iterations": 400, "warmup_iters": 50,
                  "log_every": 10, "checkpoint_every": 100},
     # The paper's recipe on a GPU.
     "gpu-full": {"width": 1.0, "batch_size": 16, "iterations": 0, "warmup_iters": 500,
@@ -73,17 +76,28 @@ PRESETS: dict[str, dict[str, Any]] = {
 def model_args(cfg: TeacherTrainConfig, num_classes: int) -> dict[str, Any]:
     """Constructor arguments saved in the checkpoint so evaluation can rebuild the model."""
     args: dict[str, Any] = {"width": cfg.width, "num_classes": num_classes}
-    args["head_kwargs"] = head_kwargs(cfg.task, cfg.head_channels, cfg.assign)
+    args["head_kwargs"] = head_kwargs(cfg.task, cfg.head_channels, cfg.assign, cfg.class_weights)
     if cfg.fusion == "gaff":
         args["levels"] = list(cfg.levels)
     return args
 
 
-def head_kwargs(task: str, channels: int, assign: str = "iou") -> dict[str, Any]:
+def head_kwargs(task: str, channels: int, assign: str = "iou",
+                class_weights: tuple[float, ...] = ()) -> dict[str, Any]:
     """Task-head options shared by teachers and students (same head on both sides)."""
     if task == "detection":
         return {"assign": assign, "neck_channels": channels}
-    return {"psp_channels": channels, "decoder_channels": channels}
+    out: dict[str, Any] = {"psp_channels": channels, "decoder_channels": channels}
+    if class_weights:
+        out["class_weights"] = list(class_weights)
+    return out
+
+
+def resolve_class_weights(cfg: Any, ds: Any) -> Any:
+    """Fill `cfg.class_weights` from the training labels when `class_weighting` asks for it."""
+    if cfg.task != "segmentation" or cfg.class_weighting == "none" or cfg.class_weights:
+        return cfg
+    return replace(cfg, class_weights=dataset_class_weights(ds))
 
 
 def _augment(cfg: TeacherTrainConfig) -> Any:
@@ -104,6 +118,7 @@ def run(cfg: TeacherTrainConfig, *, out: str | Path, resume: bool = False) -> di
     if ds.task != cfg.task:
         raise MdError(f"{cfg.data}: a {ds.layout} dataset is for {ds.task}, not {cfg.task}; "
                       f"pass --task {ds.task}")
+    cfg = resolve_class_weights(cfg, ds)
     iterations = cfg.iterations or TASK_ITERATIONS[cfg.task]
     num_classes = 9 if cfg.task == "segmentation" else 1
     kind = "teacher" if cfg.fusion == "gaff" else "decision"

@@ -99,6 +99,7 @@ class SegmentationHead(nn.Module):
         dropout: float = 0.1,  # before the classifier, as in PSPNet
         norm: str = "bn",  # "bn" | "gn"
         ignore_index: int | None = None,  # a label value left out of the loss; none by default
+        class_weights: Sequence[float] | None = None,  # per-class CE weights; none = plain CE
     ) -> None:
         super().__init__()
         self.ppm = PyramidPooling(in_channels["c5"], bins)
@@ -111,6 +112,13 @@ class SegmentationHead(nn.Module):
         self.classifier = nn.Conv2d(decoder_channels if use_c3 else psp_channels, num_classes, 1)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
+        if class_weights is not None and len(class_weights) != num_classes:
+            raise ValueError(f"class_weights has {len(class_weights)} entries for "
+                             f"{num_classes} classes")
+        weights = torch.tensor(list(class_weights or []), dtype=torch.float32)
+        # A buffer (moves with .to(device)) kept out of the state dict: it is a training option
+        # recorded in the checkpoint's model_args, not a learned weight.
+        self.register_buffer("class_weights", weights if len(weights) else None, persistent=False)
 
     def forward(self, feats: dict[str, Tensor], image_size: tuple[int, int]) -> dict[str, Tensor]:
         x = self.bottleneck(self.ppm(feats["c5"]))  # (B, psp, H/32, W/32)
@@ -131,7 +139,9 @@ class SegmentationHead(nn.Module):
                 f"{tuple(logits.shape)}; pass image_size = the label size to forward()"
             )
         ignore = -100 if self.ignore_index is None else self.ignore_index  # -100: no label uses it
-        return {"seg": F.cross_entropy(logits.float(), labels.long(), ignore_index=ignore)}
+        weight: Tensor | None = self.class_weights  # type: ignore[assignment]
+        return {"seg": F.cross_entropy(logits.float(), labels.long(), weight=weight,
+                                       ignore_index=ignore)}
 
     @torch.no_grad()
     def predict(self, outputs: dict[str, Tensor]) -> Tensor:
