@@ -11,21 +11,10 @@ import sys
 import click
 
 from md import __version__
-from md.errors import MdError
+from md.cli.group import MdGroup
 
 
-class _Group(click.Group):
-    """Turns `MdError` into a one-line message and exit status 2 (no traceback)."""
-
-    def invoke(self, ctx: click.Context) -> object:
-        try:
-            return super().invoke(ctx)
-        except MdError as e:
-            click.echo(f"md: error: {e}", err=True)
-            ctx.exit(2)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=MdGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="md")
 def main() -> None:
     """md: Modality Distillation for low-cost visible + thermal scene analysis.

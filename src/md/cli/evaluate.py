@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import click
 
-from md.errors import MdError
+from md.cli.group import MdGroup
 from md.eval import kaist, mfnet
 
 
-class _EvaluateGroup(click.Group):
-    """Turns `MdError` into one line, ``md: error: ...``, and exit status 2 (no traceback)."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except MdError as e:
-            click.echo(f"md: error: {e}", err=True)
-            ctx.exit(2)
-
-
-@click.group(cls=_EvaluateGroup)
+@click.group(cls=MdGroup)
 def evaluate() -> None:
     """Evaluate saved outputs with the published protocols (KAIST miss rate, MFNet mIoU)."""
 

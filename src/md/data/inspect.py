@@ -20,19 +20,9 @@ from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 
 from md.data import PairedDataset, open_dataset, validate
+from md.data.mfnet import CLASSES as MFNET_CLASSES
 from md.errors import DataError
 
-MFNET_CLASSES = (
-    "unlabeled",
-    "car",
-    "person",
-    "bike",
-    "curve",
-    "car_stop",
-    "guardrail",
-    "color_cone",
-    "bump",
-)
 # The palette of the MFNet / RTFNet code, so sheets look like the papers' figures.
 MFNET_PALETTE = np.array(
     [

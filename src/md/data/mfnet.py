@@ -26,7 +26,12 @@ import torch
 from md.data.layout import Item, PairedDataset, Sample, image_to_tensor, read_image, read_list
 from md.errors import DataError
 
-NUM_CLASSES = 9  # 0 unlabeled .. 8 bump
+# MFNet label values 0..8, in order (Ha et al. 2017; RTFNet / MD Table 6 use the same).
+CLASSES = (
+    "unlabeled", "car", "person", "bike", "curve", "car_stop", "guardrail", "color_cone",
+    "bump",
+)
+NUM_CLASSES = len(CLASSES)  # 0 unlabeled .. 8 bump
 MFNET_NAME = re.compile(r"[\w.-]+")
 
 

@@ -25,19 +25,9 @@ from typing import TypedDict
 import numpy as np
 from PIL import Image
 
+from md.data.mfnet import CLASSES
 from md.errors import DataError
 
-CLASSES = (
-    "unlabeled",
-    "car",
-    "person",
-    "bike",
-    "curve",
-    "car_stop",
-    "guardrail",
-    "color_cone",
-    "bump",
-)
 N_CLASSES = len(CLASSES)
 SUBSETS = ("all", "day", "night")
 
