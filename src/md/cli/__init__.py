@@ -6,8 +6,6 @@ user can fix (`md.errors.MdError`) are printed as one line, ``md: error: ...``, 
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from md import __version__
@@ -24,24 +22,11 @@ def main() -> None:
     """
 
 
-def not_yet_available(name: str, issue: int) -> click.Command:
-    """A placeholder command for a family whose issue has not landed: says so, exits 3."""
-
-    @click.command(
-        name,
-        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-        help=f"(not yet available: tracked in issue {issue})",
-    )
-    def _cmd() -> None:
-        click.echo(f"md {name}: not yet available (tracked in issue {issue}).", err=True)
-        sys.exit(3)
-
-    return _cmd
-
-
 def _register() -> None:
+    from md.cli import bench as bench_cli
     from md.cli import cache_teacher as cache_teacher_cli
     from md.cli import data as data_cli
+    from md.cli import demo as demo_cli
     from md.cli import evaluate as evaluate_cli
     from md.cli import store as store_cli
     from md.cli import train_student as train_student_cli
@@ -53,11 +38,8 @@ def _register() -> None:
     main.add_command(evaluate_cli.evaluate)
     main.add_command(train_student_cli.train_student)
     main.add_command(cache_teacher_cli.cache_teacher)
-    for name, issue in (
-        ("bench", 6),
-        ("demo", 6),
-    ):
-        main.add_command(not_yet_available(name, issue))
+    main.add_command(bench_cli.bench)
+    main.add_command(demo_cli.demo)
 
 
 _register()

@@ -1,0 +1,14 @@
+"""md.bench: the benchmarks behind `md bench ...` and the scripts in bench/.
+
+One module per benchmark, each a function returning a JSON-ready dict:
+
+- `codecs.bench_codecs`: per codec preset, bytes/sample, ratio vs float32, cosine, max abs
+  error and encode / decode MB/s on real teacher features;
+- `latency.bench_latency`: batch-1 latency of teacher, MD student and visible-only student;
+- `train_step.bench_train_step`: one student step offline / online / in memory, peak memory;
+- `loader.bench_loader_vs_step`: loader samples/s per worker count vs the step's;
+- `cache.bench_cache`: `md cache-teacher` samples/s vs the teacher's forward-only samples/s.
+
+`setup.ensure_setup` supplies a teacher, store and dataset: the user's, or a tiny synthetic
+one built in a temporary folder (so every benchmark runs standalone).
+"""

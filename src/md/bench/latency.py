@@ -1,0 +1,74 @@
+"""Per-image latency at batch 1 (the paper's runtime columns): teacher, MD student and
+visible-only student, untrained (latency does not depend on weights), at 640x512 by default.
+
+Models are built as the training commands build them at ``width`` (1 = the paper's
+ResNet-18) and timed with `md.eval.runtime.latency_ms` (warm-up, synchronised, median).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from md.eval.runtime import latency_ms
+from md.models import build_model
+from md.train.recipe import resolve_device
+from md.train.teacher import head_kwargs
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_models(task: str, width: float, head_channels: int) -> dict[str, nn.Module]:
+    """{teacher, md_student (6-ch, all levels), visible_only_student (3-ch, no levels)}."""
+    num_classes = 9 if task == "segmentation" else 1
+    hk = head_kwargs(task, head_channels)
+    return {
+        "teacher": build_model("teacher", task, width=width, num_classes=num_classes,
+                               head_kwargs=hk),
+        "md_student": build_model("student", task, in_channels=6, width=width,
+                                  num_classes=num_classes, head_kwargs=hk),
+        "visible_only_student": build_model("student", task, in_channels=3, width=width,
+                                            levels=(), num_classes=num_classes, head_kwargs=hk),
+    }
+
+
+def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[dtype])
+
+
+def _inputs(name: str, size: tuple[int, int], device: torch.device) -> tuple[torch.Tensor, ...]:
+    w, h = size
+    if name == "teacher":
+        return (torch.rand(1, 3, h, w, device=device), torch.rand(1, 1, h, w, device=device))
+    return (torch.rand(1, 6 if name == "md_student" else 3, h, w, device=device),)
+
+
+def bench_latency(*, task: str = "detection", size: tuple[int, int] = (640, 512),
+                  width: float = 1.0, head_channels: int = 128, device: str = "auto",
+                  dtype: str = "float32", warmup: int = 5, repeats: int = 20) -> dict[str, Any]:
+    """``{"models": {name: {median_ms, min_ms, mean_ms, parameters}}, device, dtype, ...}``.
+    ``dtype`` other than float32 runs the forward under autocast."""
+    dev = resolve_device(device)
+    results: dict[str, Any] = {}
+    for name, model in build_models(task, width, head_channels).items():
+        model.to(dev).eval()
+        args = _inputs(name, size, dev)
+
+        def forward(m: nn.Module = model, a: tuple[torch.Tensor, ...] = args) -> Any:
+            with _autocast(dev, dtype):
+                return m(*a)
+
+        stats = latency_ms(forward, dev, warmup=warmup, repeats=repeats)
+        results[name] = {**stats, "parameters": sum(p.numel() for p in model.parameters())}
+        model.to("cpu")
+    return {
+        "benchmark": "latency", "task": task, "image_size": list(size), "batch_size": 1,
+        "width": width, "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "dtype": dtype, "torch_threads": torch.get_num_threads(), "models": results,
+    }

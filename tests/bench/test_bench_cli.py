@@ -1,0 +1,98 @@
+"""`md bench ...` in tiny configurations: each command emits valid JSON with its keys."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from md.bench.setup import BenchInputs, ensure_setup
+from tests.conftest import REPO, run_cli
+
+
+def _json(out: str) -> dict:
+    """The JSON object of the output (progress lines on stderr may come first)."""
+    return json.loads(out[out.index("{"):])
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> BenchInputs:
+    """A tiny synthetic set-up: 96x64 data, cpu-tiny teacher, lossless train store."""
+    return ensure_setup(tmp_path_factory.mktemp("bench"), n_train=8, n_test=4)
+
+
+def _given(s: BenchInputs) -> list[str]:
+    return ["--data", s.data, "--teacher", s.teacher, "--store", s.store, "--threads", "1"]
+
+
+def test_codecs_reports_each_preset(inputs: BenchInputs) -> None:
+    r = _json(run_cli("bench", "codecs", *_given(inputs), "--samples", "4", "--repeats", "1",
+                      "--json"))
+    assert set(r["presets"]) == {"lossless", "compact"}
+    for p in r["presets"].values():
+        assert {"bytes_per_sample", "ratio_vs_fp32", "cosine", "max_abs_error", "encode_mb_s",
+                "decode_mb_s"} <= set(p)
+        assert p["ratio_vs_fp32"] > 1 and 0.99 < p["cosine"] <= 1.0 + 1e-9
+    assert r["presets"]["compact"]["bytes_per_sample"] < r["presets"]["lossless"]["bytes_per_sample"]
+    assert r["inputs"]["synthetic"] is False
+
+
+def test_latency_of_three_models() -> None:
+    r = _json(run_cli("bench", "latency", "--size", "64x64", "--width", "0.125",
+                      "--head-channels", "16", "--warmup", "1", "--repeats", "2",
+                      "--threads", "1", "--json"))
+    assert set(r["models"]) == {"teacher", "md_student", "visible_only_student"}
+    assert r["device"] == "cpu" and r["dtype"] == "float32" and r["image_size"] == [64, 64]
+    assert all(m["median_ms"] > 0 for m in r["models"].values())
+
+
+def test_train_step_three_modes(inputs: BenchInputs) -> None:
+    r = _json(run_cli("bench", "train-step", *_given(inputs), "--batch-size", "2",
+                      "--steps", "1", "--warmup", "1", "--json"))
+    assert all(r[k] > 0 for k in ("offline_ms", "online_ms", "in_memory_ms"))
+    assert set(r["peak_memory_mb"]) == {"offline", "online", "in_memory"}
+
+
+def test_loader_rates_per_worker_count(inputs: BenchInputs) -> None:
+    r = _json(run_cli("bench", "loader", *_given(inputs), "--batch-size", "2",
+                      "--workers", "0", "--batches", "2", "--steps", "1", "--json"))
+    assert set(r["loader_samples_per_s"]) == {"0"} and r["step_samples_per_s"] > 0
+    assert r["mode"] == "offline" and set(r["fed"]) == {"0"}
+
+
+def test_cache_against_forward(inputs: BenchInputs) -> None:
+    r = _json(run_cli("bench", "cache", *_given(inputs), "--repeats", "1", "--json"))
+    assert r["forward_samples_per_s"] > 0
+    assert set(r["cache"]) == {"lossless", "compact"}
+    assert all(c["samples_per_s"] > 0 and c["cache_vs_forward"] > 0 for c in r["cache"].values())
+
+
+def test_standalone_builds_a_synthetic_setup() -> None:
+    """No --data/--teacher: a tiny set-up is built in a temporary folder and labelled so."""
+    r = _json(run_cli("bench", "codecs", "--samples", "4", "--repeats", "1", "--threads", "1"))
+    assert r["inputs"]["synthetic"] is True
+    assert not Path(r["inputs"]["data"]).exists()  # the temporary folder is gone
+
+
+def test_store_without_data_is_a_user_error(inputs: BenchInputs) -> None:
+    out = run_cli("bench", "cache", "--teacher", inputs.teacher, expect=2)
+    assert "--data" in out
+
+
+@pytest.mark.parametrize("script", ["codecs.py", "loader.py"])
+def test_bench_scripts_still_run(inputs: BenchInputs, script: str,
+                                 monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import runpy
+
+    args = (["--teacher", inputs.teacher, "--data", inputs.data, "--samples", "4"]
+            if script == "codecs.py" else
+            ["--store", inputs.store, "--data", inputs.data, "--workers", "0", "--batches", "2",
+             "--steps", "1", "batch_size=2"])
+    monkeypatch.setattr(sys, "argv", [script, *args, "--json"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(REPO / "bench" / script), run_name="__main__")
+    assert exit_.value.code == 0
+    json.loads(capsys.readouterr().out)
