@@ -113,6 +113,19 @@ def test_online_teacher_first_step_losses_equal_offline(plain_store, det_teacher
     assert ck["lineage"]["online_teacher"] == str(det_teacher)
 
 
+def test_online_teacher_without_crop_on_unaligned_image_size(plain_store, det_teacher,
+                                                             synth_det, tmp_path):
+    # 96x80 is not a multiple of 32: without a crop the whole maps are the targets (no cut),
+    # and they equal what the store holds for the same samples.
+    args = ("--store", str(plain_store), "--data", str(synth_det), "iterations=1")
+    _train(tmp_path / "off.pt", *args)
+    _train(tmp_path / "on.pt", *args, "--online-teacher", str(det_teacher))
+    off = _losses(tmp_path / "off.metrics.jsonl")[0]
+    on = _losses(tmp_path / "on.metrics.jsonl")[0]
+    for k in ("loss/attention", "loss/semantic"):
+        assert on[k] == pytest.approx(off[k], rel=2e-3), k
+
+
 def _one_line_error(out: Path, *args: str) -> str:
     err = _train(out, *args, expect=2)
     assert len(err.strip().splitlines()) == 1, err

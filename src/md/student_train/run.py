@@ -409,6 +409,9 @@ def live_targets(teacher: nn.Module, batch: dict[str, Any],
         out = teacher.forward_features(batch["teacher/visible"],  # type: ignore[operator]
                                        batch["teacher/thermal"])
     windows = batch["crop_window"].cpu()
+    full = torch.tensor([0, 0, *batch["teacher/visible"].shape[-2:]])
+    if bool((windows == full).all()):  # no crop: the whole maps, as the store holds them
+        return {key: {lv: out[key][lv].float() for lv in strides} for key in ("features", "masks")}
     return {key: {lv: cut_batch(out[key][lv].float(), windows, s) for lv, s in strides.items()}
             for key in ("features", "masks")}
 
