@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +68,7 @@ class Sample:
         return roles
 
 
-class PairedDataset(Dataset[Item]):
+class PairedDataset(Dataset[Item], ABC):
     """Map-style dataset of visible/thermal pairs; subclasses implement `load`.
 
     Items are dicts as in docs/internals.md. `samples` keeps the list-file order (the KAIST
@@ -91,9 +92,9 @@ class PairedDataset(Dataset[Item]):
     def __getitem__(self, index: int) -> Item:
         return self.load(self.samples[index])
 
+    @abstractmethod
     def load(self, sample: Sample) -> Item:
         """Read one sample from disk; raises `DataError` naming the file at fault."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return (
