@@ -68,7 +68,7 @@ LEVEL_BASE_CHANNELS = {"c3": 128, "c4": 256, "c5": 512}  # ResNet-18 at width 1
 
 
 @dataclass(frozen=True)
-class StudentTrainConfig:
+class StudentTrainConfig(recipe.RecipeConfig):
     task: Literal["auto", "detection", "segmentation"] = "auto"  # auto: the store's / data's
     data: str = ""  # dataset root (KAIST or MFNet layout); optional if the store bundles inputs
     split: str = "train"  # reads DATA/<split>.txt
@@ -94,14 +94,6 @@ class StudentTrainConfig:
     flip: bool = False  # random horizontal flips (p = 0.5); needs a store with flipped views
     crop: tuple[int, ...] = ()  # random crop [side] or [h, w], multiples of 32; () = off
     allow_partial: bool = False  # train on the written samples of an incomplete store
-    iterations: int = 0  # 0 = the task's default (3,500 detection / 14,000 segmentation)
-    batch_size: int = 16
-    lr: float = 1e-2
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup_iters: int = 500
-    warmup_start_lr: float = 1e-6
-    seed: int = 0
     window_shards: int = 4  # shards mixed by the shard-aware shuffle (read locality)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: Literal["none", "bf16", "fp16"] = "none"  # autocast dtype
@@ -117,9 +109,11 @@ class StudentTrainConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Same widths / head channels as the teacher presets, so stores of those teachers match.
-    "cpu-tiny": {"width": 0.125, "head_channels": 32, "class_weighting": "enet", "batch_size": 4, "iterations": 20,
+    "cpu-tiny": {"width": 0.125, "head_channels": 32, "class_weighting": "enet",
+                 "batch_size": 4, "iterations": 20,
                  "warmup_iters": 5, "log_every": 2, "checkpoint_every": 10},
-    "cpu-demo": {"width": 0.25, "head_channels": 64, "class_weighting": "enet", "batch_size": 8, "iterations": 400,
+    "cpu-demo": {"width": 0.25, "head_channels": 64, "class_weighting": "enet",
+                 "batch_size": 8, "iterations": 400,
                  "warmup_iters": 50, "log_every": 10, "checkpoint_every": 100},
     "gpu-full": {"width": 1.0, "batch_size": 16, "iterations": 0, "warmup_iters": 500,
                  "amp": "bf16", "channels_last": True, "num_workers": 8, "prefetch_factor": 4,

@@ -8,10 +8,25 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """The MD §4.2 recipe fields shared by every training command's config."""
+
+    iterations: int = 0  # 0 = the task's default (3,500 detection / 14,000 segmentation)
+    batch_size: int = 16
+    lr: float = 1e-2
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 500
+    warmup_start_lr: float = 1e-6
+    seed: int = 0
 
 
 def lr_at(iteration: int, *, lr: float, iterations: int, warmup_iters: int,

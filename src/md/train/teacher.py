@@ -29,7 +29,7 @@ TASK_ITERATIONS = {"detection": 3500, "segmentation": 14000}  # MD §4.2
 
 
 @dataclass(frozen=True)
-class TeacherTrainConfig:
+class TeacherTrainConfig(recipe.RecipeConfig):
     task: Literal["detection", "segmentation"] = "detection"
     data: str = ""  # dataset root (KAIST or MFNet layout)
     split: str = "train"  # reads DATA/<split>.txt
@@ -41,15 +41,7 @@ class TeacherTrainConfig:
     head_channels: int = 128  # neck / PSP channels of the task head (smaller on CPU presets)
     class_weighting: Literal["none", "enet"] = "none"  # segmentation CE weights (data/class_weights)
     class_weights: tuple[float, ...] = ()  # explicit per-class weights; filled in by "enet"
-    iterations: int = 0  # 0 = the task's default (3,500 detection / 14,000 segmentation)
-    batch_size: int = 16
-    lr: float = 1e-2
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup_iters: int = 500
-    warmup_start_lr: float = 1e-6
     hflip: bool = True  # random horizontal flips (p = 0.5)
-    seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: Literal["none", "bf16", "fp16"] = "none"  # autocast dtype on CUDA
     channels_last: bool = False
@@ -62,10 +54,12 @@ class TeacherTrainConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Seconds on 2 CPU cores: tests and smoke runs.
-    "cpu-tiny": {"width": 0.125, "head_channels": 32, "class_weighting": "enet", "batch_size": 4, "iterations": 20, "warmup_iters": 5,
+    "cpu-tiny": {"width": 0.125, "head_channels": 32, "class_weighting": "enet",
+                 "batch_size": 4, "iterations": 20, "warmup_iters": 5,
                  "log_every": 2, "checkpoint_every": 10},
     # The demo's size: a few minutes on 2 CPU cores at the synthetic default resolution.
-    "cpu-demo": {"width": 0.25, "head_channels": 64, "class_weighting": "enet", "batch_size": 8, "iterations": 400, "warmup_iters": 50,
+    "cpu-demo": {"width": 0.25, "head_channels": 64, "class_weighting": "enet",
+                 "batch_size": 8, "iterations": 400, "warmup_iters": 50,
                  "log_every": 10, "checkpoint_every": 100},
     # The paper's recipe on a GPU.
     "gpu-full": {"width": 1.0, "batch_size": 16, "iterations": 0, "warmup_iters": 500,
