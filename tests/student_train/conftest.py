@@ -7,25 +7,13 @@ on a busy 2-core machine)."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
-from tests.conftest import run_cli
+from tests.conftest import one_torch_thread, run_cli
 from tests.student_train.caching import cache
-
-
-@contextlib.contextmanager
-def one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -6,26 +6,15 @@ OpenMP threads competing with other processes (and the writer thread) run many t
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
+from tests.conftest import one_torch_thread as one_thread
 from tests.conftest import run_cli
 
 TINY = ["--preset", "cpu-tiny", "iterations=2", "batch_size=2", "progress=false"]
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from md.cli.group import training_options
 from md.config import resolve_config
 
 
@@ -34,14 +35,7 @@ def _thermal(value: str | None) -> int | str | None:
                    "comparison point for offline speed.")
 @click.option("--allow-partial", is_flag=True, default=None,
               help="Train on the written samples of an incomplete store.")
-@click.option("--preset", type=click.Choice(["cpu-tiny", "cpu-demo", "gpu-full"]), default=None,
-              help="Size preset: cpu-tiny (seconds), cpu-demo (the demo), gpu-full (the paper).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="YAML file of config fields (applied after the preset).")
-@click.option("--resume", is_flag=True,
-              help="Continue an interrupted run from OUT.resume (same data and options).")
-@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
-@click.argument("overrides", nargs=-1)
+@training_options
 def train_student(store_url: str | None, data_dir: str | None, out: str, task: str | None,
                   thermal_factor: str | None, no_distill: bool, online_teacher: str | None,
                   allow_partial: bool | None, preset: str | None, config_file: str | None,

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from md.cli.group import training_options
 from md.config import resolve_config
 
 
@@ -19,14 +20,7 @@ from md.config import resolve_config
               help="Checkpoint to write (e.g. teacher.pt); logs and config go beside it.")
 @click.option("--fusion", type=click.Choice(["gaff", "decision"]), default=None,
               help="Feature-level GAFF teacher (default) or the decision-level baseline.")
-@click.option("--preset", type=click.Choice(["cpu-tiny", "cpu-demo", "gpu-full"]), default=None,
-              help="Size preset: cpu-tiny (seconds), cpu-demo (the demo), gpu-full (the paper).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="YAML file of config fields (applied after the preset).")
-@click.option("--resume", is_flag=True,
-              help="Continue an interrupted run from OUT.resume (same data and options).")
-@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
-@click.argument("overrides", nargs=-1)
+@training_options
 def train_teacher(task: str | None, data_dir: str | None, out: str, fusion: str | None,
                   preset: str | None, config_file: str | None, resume: bool, as_json: bool,
                   overrides: tuple[str, ...]) -> None:
