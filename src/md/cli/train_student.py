@@ -41,7 +41,11 @@ def train_student(store_url: str | None, data_dir: str | None, out: str, task: s
                   allow_partial: bool | None, preset: str | None, config_file: str | None,
                   resume: bool, as_json: bool, overrides: tuple[str, ...]) -> None:
     """Train a student. OVERRIDES are key=value config fields, e.g. iterations=30
-    semantic_loss=mse attention=false flip=true crop=256."""
+    semantic_loss=mse attention=false flip=true crop=256.
+
+    Several processes: torchrun --nproc-per-node N -m md.cli train-student ... (gloo on CPU,
+    NCCL on GPUs, one GPU per process). batch_size is the global batch (each process takes
+    batch_size / N); each process reads its own shards of the store; rank 0 writes OUT."""
     from md.student_train import run as student
 
     cfg = resolve_config(student.StudentTrainConfig, presets=student.PRESETS, preset=preset,
@@ -50,6 +54,8 @@ def train_student(store_url: str | None, data_dir: str | None, out: str, task: s
                          distill=False if no_distill else None, online_teacher=online_teacher,
                          allow_partial=allow_partial or None)
     summary = student.run(cfg, out=out, resume=resume)
+    if summary["rank"] != 0:  # under torchrun rank 0 speaks for the job
+        return
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     elif summary["completed"]:

@@ -5,7 +5,9 @@
   order), so a batch reads from at most two adjacent windows (one, unless it straddles a
   window boundary) instead of from all over the store. The order is a pure function of
   (seed, epoch) and a sample's augmentation seed of (seed, global position), so a run resumed
-  at iteration k sees exactly the batches of an uninterrupted run.
+  at iteration k sees exactly the batches of an uninterrupted run. For DDP the shards are
+  dealt into G groups, each its own such stream; a batch is B / G rows of every group, and
+  each rank reads only its groups' shards (`ShardAwareSampler.rank_batch`).
 - `DistillDataset`: map-style over the sampler's rows. `__getitems__` reads a whole batch's
   targets with one `TargetStore.read` per flip state (DataLoader workers call it with the
   batch), then builds each sample: images (bundled in the store, or read from the dataset),
@@ -59,63 +61,128 @@ Key = tuple[int, int]  # (row, aug_seed)
 # --- sampler ---------------------------------------------------------------------------------
 
 
+class _ShardStream:
+    """The rows of some shards in a shuffled order per epoch (shards shuffled, then samples
+    within windows of `window_shards` consecutive shards). A pure function of (key, epoch)."""
+
+    def __init__(self, rows: np.ndarray, shard_size: int, window_shards: int,
+                 key: list[int]) -> None:
+        shard_of = rows // shard_size
+        self.shards = np.unique(shard_of)
+        self.rows_of = {int(k): rows[shard_of == k] for k in self.shards}
+        self.n, self.window_shards, self.key = rows.size, window_shards, key
+        self._cache: tuple[int, np.ndarray] | None = None
+
+    def order(self, epoch: int) -> np.ndarray:
+        """(n,) rows of one epoch."""
+        if self._cache is None or self._cache[0] != epoch:
+            rng = np.random.Generator(np.random.PCG64([self.key[0], epoch, *self.key[1:]]))
+            shards = rng.permutation(self.shards)
+            windows = [shards[i:i + self.window_shards]
+                       for i in range(0, shards.size, self.window_shards)]
+            order = [rng.permutation(np.concatenate([self.rows_of[int(k)] for k in w]))
+                     for w in windows]
+            self._cache = (epoch, np.concatenate(order))
+        return self._cache[1]
+
+    def row(self, position: int) -> int:
+        """The row at a position of this stream (epochs run on back to back)."""
+        return int(self.order(position // self.n)[position % self.n])
+
+
 class ShardAwareSampler(Sampler[list[Key]]):
-    """Shard-local shuffled batches over the written rows of a store (see module docstring).
+    """Shard-local shuffled batches over the written rows of a store (see module docstring),
+    optionally from disjoint shard groups for distributed training.
 
     Args:
         store_n: samples in the store (rows are 0..store_n-1).
         shard_size: samples per shard.
         written_mask: (store_n,) bool; rows that may be sampled.
-        batch_size: samples per batch.
+        batch_size: samples per (global) batch.
         seed: run seed; the order depends on (seed, epoch) only.
         window_shards: consecutive shards (in the shuffled shard order) mixed together.
+        groups: G shard groups. The written shards are dealt round-robin (in shard order)
+            into G groups; each group is its own shuffled stream, and batch i is the
+            concatenation of each group's next B / G rows. Rank r of W reads groups
+            r, r + W, ... (`rank_batch`), so ranks read disjoint shards, and the union of the
+            ranks' batches is `batch(i)` whatever W: a run with 1 process and G groups sees
+            the same global batches as one with G processes.
 
-    ``batch(i)`` is the batch of iteration i (position p = i·B + j -> epoch p // N, slot
-    p % N; N = written rows): batches run on across epochs, like the teacher's sampler.
-    Iterating yields the batches of the epoch set by ``set_epoch`` (the last may be short).
+    ``batch(i)`` is the batch of iteration i: global position p = i·B + j falls in group
+    g = j // (B/G) at that group's position q = i·(B/G) + j % (B/G) -> epoch q // N_g, slot
+    q % N_g (N_g = the group's rows); batches run on across epochs, like the teacher's
+    sampler. A sample's augmentation seed depends on (seed, p) only, so no two positions of a
+    batch (on any rank) share flips and crops. G = 1 is the single-process sampler of before
+    (same batches for the same seed).
+    Iterating yields the batches of the epoch set by ``set_epoch`` (G = 1: that epoch's rows
+    exactly, the last batch maybe short; G > 1: the ceil(N / B) batches from iteration
+    epoch · ceil(N / B) on, as the groups' epochs need not line up).
     """
 
     def __init__(self, store_n: int, shard_size: int, written_mask: np.ndarray | Sequence[bool],
-                 batch_size: int, seed: int, window_shards: int = 4) -> None:
+                 batch_size: int, seed: int, window_shards: int = 4, groups: int = 1) -> None:
         mask = np.asarray(written_mask, dtype=bool)
         if mask.shape != (store_n,) or not mask.any():
             raise ValueError(f"written_mask must be ({store_n},) with some True, got {mask.shape}")
-        if batch_size < 1 or shard_size < 1 or window_shards < 1:
-            raise ValueError("batch_size, shard_size and window_shards must be >= 1")
+        if batch_size < 1 or shard_size < 1 or window_shards < 1 or groups < 1:
+            raise ValueError("batch_size, shard_size, window_shards and groups must be >= 1")
+        if batch_size % groups:
+            raise ValueError(f"batch_size {batch_size} does not divide into {groups} groups")
         rows = np.flatnonzero(mask)
+        shards = np.unique(rows // shard_size)
+        if shards.size < groups:
+            raise ValueError(f"{shards.size} written shards cannot fill {groups} groups")
         self.n, self.batch_size, self.seed = rows.size, batch_size, seed
-        self.shard_size, self.window_shards = shard_size, window_shards
-        shard_of = rows // shard_size
-        self._shards = np.unique(shard_of)
-        self._rows_of = {int(k): rows[shard_of == k] for k in self._shards}
-        self._cache: tuple[int, np.ndarray] | None = None
+        self.shard_size, self.window_shards, self.groups = shard_size, window_shards, groups
+        # G = 1 keeps the stream key of the single-process sampler: the same batches as before.
+        self._streams = [
+            _ShardStream(rows[np.isin(rows // shard_size, shards[g::groups])], shard_size,
+                         window_shards, [seed, 0x5D] if groups == 1 else [seed, 0x5D, groups, g])
+            for g in range(groups)]
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        """(N,) rows of one epoch: shuffled shards, samples shuffled within each window."""
-        if self._cache is None or self._cache[0] != epoch:
-            rng = np.random.Generator(np.random.PCG64([self.seed, epoch, 0x5D]))
-            shards = rng.permutation(self._shards)
-            windows = [shards[i:i + self.window_shards]
-                       for i in range(0, shards.size, self.window_shards)]
-            order = [rng.permutation(np.concatenate([self._rows_of[int(k)] for k in w]))
-                     for w in windows]
-            self._cache = (epoch, np.concatenate(order))
-        return self._cache[1]
+    def epoch_order(self, epoch: int, group: int = 0) -> np.ndarray:
+        """(N_g,) rows of one epoch of a group's stream (G = 1: all written rows)."""
+        return self._streams[group].order(epoch)
+
+    def group_shards(self, group: int) -> np.ndarray:
+        """The shards a group (and so the rank that reads it) owns."""
+        return self._streams[group].shards
+
+    def rank_groups(self, rank: int, world: int) -> range:
+        """The groups rank `rank` of `world` reads: rank, rank + world, ..."""
+        if self.groups % world or not 0 <= rank < world:
+            raise ValueError(f"{self.groups} groups cannot be split over rank {rank} of {world}")
+        return range(rank, self.groups, world)
 
     def key(self, position: int) -> Key:
         """(row, aug_seed) at a global position (iteration·B + j)."""
-        row = int(self.epoch_order(position // self.n)[position % self.n])
+        per_group = self.batch_size // self.groups
+        iteration, slot = divmod(position, self.batch_size)
+        group, j = divmod(slot, per_group)
+        row = self._streams[group].row(iteration * per_group + j)
         aug = np.random.Generator(np.random.PCG64([self.seed, position, 0xA6])).integers(2**62)
         return row, int(aug)
 
     def batch(self, iteration: int) -> list[Key]:
+        """The global batch of an iteration (all groups, in group order)."""
         return [self.key(iteration * self.batch_size + j) for j in range(self.batch_size)]
 
+    def rank_batch(self, iteration: int, rank: int = 0, world: int = 1) -> list[Key]:
+        """Rank `rank`'s part of batch `iteration`: its groups' B / G rows each, in order."""
+        per_group = self.batch_size // self.groups
+        first = iteration * self.batch_size
+        return [self.key(first + g * per_group + j)
+                for g in self.rank_groups(rank, world) for j in range(per_group)]
+
     def __iter__(self) -> Iterator[list[Key]]:
+        if self.groups > 1:
+            yield from (self.batch(i) for i in range(self.epoch * len(self),
+                                                      (self.epoch + 1) * len(self)))
+            return
         first = self.epoch * self.n
         for p in range(first, first + self.n, self.batch_size):
             yield [self.key(q) for q in range(p, min(p + self.batch_size, first + self.n))]
@@ -125,14 +192,18 @@ class ShardAwareSampler(Sampler[list[Key]]):
 
 
 class IterationSpan(Sampler[list[Key]]):
-    """The batches of iterations start .. stop-1 (the training loop's `batches(start)`)."""
+    """The batches of iterations start .. stop-1 (the training loop's `batches(start)`); under
+    DDP, rank `rank`'s part of each (`ShardAwareSampler.rank_batch`)."""
 
-    def __init__(self, sampler: ShardAwareSampler, start: int, stop: int) -> None:
+    def __init__(self, sampler: ShardAwareSampler, start: int, stop: int, rank: int = 0,
+                 world: int = 1) -> None:
+        sampler.rank_groups(rank, world)  # fail here, not in a DataLoader worker
         self.sampler, self.start, self.stop = sampler, start, stop
+        self.rank, self.world = rank, world
 
     def __iter__(self) -> Iterator[list[Key]]:
         for it in range(self.start, self.stop):
-            yield self.sampler.batch(it)
+            yield self.sampler.rank_batch(it, self.rank, self.world)
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)

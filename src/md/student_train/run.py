@@ -25,6 +25,13 @@ Three modes:
 
 Defaults follow MD §4.2 (batch 16, SGD lr 1e-2, 500 warm-up iterations from 1e-6, cosine;
 3,500 / 14,000 iterations for detection / segmentation).
+
+Multi-process (``torchrun --nproc-per-node W -m md.cli train-student ...``): ``batch_size``
+stays the *global* batch (the recipe's 16; each rank takes batch_size / W), so the schedule
+and recipe are those of one process. The store's shards are dealt into ``shard_groups`` G
+groups (default W) and each rank reads only its groups' shards; the global batch depends on
+(seed, iteration, G), not on W, so 1 process with G groups trains on the same batches as G
+processes. See `md.train.distributed` for what keeps a W-rank step equal to one process's.
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ from md.student_train.loader import (
     cut_batch,
 )
 from md.student_train.losses import DistillationLoss
-from md.train import recipe
+from md.train import distributed, recipe
 from md.train.checkpoint import file_sha256
 from md.train.loop import LoopSettings, LossFn, sidecar, train_loop
 from md.train.teacher import TASK_ITERATIONS, head_kwargs, resolve_class_weights
@@ -105,6 +112,10 @@ class StudentTrainConfig(recipe.RecipeConfig):
     checkpoint_every: int = 100  # iterations between resume checkpoints
     stop_after: int = 0  # stop after N iterations of this invocation (resume later); 0 = off
     progress: bool = True
+    # Multi-process (torchrun) training; batch_size above is the global batch.
+    shard_groups: int = 0  # G disjoint shard groups per batch (a multiple of W); 0 = W processes
+    sync_batchnorm: bool = True  # BatchNorm statistics over the global batch, not per process
+    dist_timeout_s: int = 600  # a rank waiting longer than this on the others fails
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -150,10 +161,15 @@ class Setup:
     teacher: nn.Module | None
     meta: dict[str, Any]
     iterations: int
+    rank: int = 0  # this process's rank of world_size (DDP); its part of each batch
+    world_size: int = 1
 
 
-def prepare(cfg: StudentTrainConfig) -> Setup:
-    """Open and check the store / data / teacher; build the sample source, sampler, model."""
+def prepare(cfg: StudentTrainConfig, *, rank: int = 0, world_size: int = 1) -> Setup:
+    """Open and check the store / data / teacher; build the sample source, sampler, model.
+
+    `rank` / `world_size`: this process's place in a DDP job (see `check_world`)."""
+    cfg = check_world(cfg, world_size)
     _check_modes(cfg)
     ds = open_dataset(cfg.data, split=cfg.split) if cfg.data else None
     fingerprint = dataset_fingerprint(ds) if ds is not None else None
@@ -175,10 +191,28 @@ def prepare(cfg: StudentTrainConfig) -> Setup:
     meta = {"task": task, "model_kind": "student", "model_args": model_args(cfg),
             "config": config_to_dict(cfg), "split": cfg.split,
             "lineage": _lineage(cfg, store, rows, teacher_sha),
-            "dataset_fingerprint": fingerprint or _store_fingerprint(store)}
+            "dataset_fingerprint": fingerprint or _store_fingerprint(store),
+            "world_size": world_size}
     return Setup(cfg, source, _sampler(cfg, store, rows, len(ds) if ds is not None else 0),
                  model, _loss_fn(cfg, model, teacher), teacher, meta,
-                 cfg.iterations or TASK_ITERATIONS[task])
+                 cfg.iterations or TASK_ITERATIONS[task], rank, world_size)
+
+
+def check_world(cfg: StudentTrainConfig, world_size: int) -> StudentTrainConfig:
+    """Refuse a global batch or shard-group count that does not split over the processes;
+    fill in ``shard_groups`` (0 -> the number of processes)."""
+    groups = cfg.shard_groups or world_size
+    if cfg.batch_size % world_size:
+        raise ConfigError(f"batch_size={cfg.batch_size} is the global batch and must divide by "
+                          f"the {world_size} processes; pass a multiple of {world_size} (each "
+                          f"process takes batch_size / {world_size})")
+    if groups < 1 or groups % world_size:
+        raise ConfigError(f"shard_groups={cfg.shard_groups} must be a multiple of the "
+                          f"{world_size} processes (0 = one group per process)")
+    if cfg.batch_size % groups:
+        raise ConfigError(f"batch_size={cfg.batch_size} does not split into shard_groups="
+                          f"{groups}; pass a batch_size that is a multiple of {groups}")
+    return replace(cfg, shard_groups=groups)
 
 
 def _class_weights(cfg: StudentTrainConfig, ds: PairedDataset | None,
@@ -201,9 +235,16 @@ def _sampler(cfg: StudentTrainConfig, store: TargetStore | None, rows: np.ndarra
              ds_len: int) -> ShardAwareSampler:
     """Over store rows (shard-aware), or over dataset indices (shards of one sample)."""
     n, shard_size = (store.n, store.shard_size) if store is not None else (ds_len, 1)
+    shards = np.unique(rows // shard_size).size
+    if shards < cfg.shard_groups:
+        where = cfg.store if store is not None else cfg.data
+        raise ConfigError(f"{where}: {shards} shards for shard_groups={cfg.shard_groups}; each "
+                          "group (each process) reads whole shards of its own: cache the store "
+                          "with a smaller --shard-size, or use fewer groups / processes")
     mask = np.zeros(n, dtype=np.bool_)
     mask[rows] = True
-    return ShardAwareSampler(n, shard_size, mask, cfg.batch_size, cfg.seed, cfg.window_shards)
+    return ShardAwareSampler(n, shard_size, mask, cfg.batch_size, cfg.seed, cfg.window_shards,
+                             groups=cfg.shard_groups)
 
 
 def _lineage(cfg: StudentTrainConfig, store: TargetStore | None, rows: np.ndarray,
@@ -375,8 +416,8 @@ def _loss_fn(cfg: StudentTrainConfig, model: nn.Module, teacher: nn.Module | Non
     strides = dict(model.strides)  # type: ignore[arg-type]
 
     def loss_fn(m: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        out = m(batch["x"])
-        parts = m.loss(out, batch)  # type: ignore[operator]
+        out = m(batch["x"])  # through the DDP wrapper, if any (its gradient hooks)
+        parts = distributed.unwrap(m).loss(out, batch)  # type: ignore[operator]
         task = parts.pop("total")
         if distill is None:
             return {**parts, "total": task}
@@ -449,11 +490,13 @@ class FeedMeter:
 
 def make_loader(setup: Setup, start: int, stop: int, device: torch.device,
                 num_workers: int | None = None) -> DataLoader:
-    """The DataLoader for iterations start .. stop-1 (workers open the store lazily)."""
+    """The DataLoader for iterations start .. stop-1 (workers open the store lazily); under
+    DDP this rank's part of each batch, with its own workers."""
     cfg = setup.cfg
     workers = cfg.num_workers if num_workers is None else num_workers
     return DataLoader(DistillDataset(setup.source),
-                      batch_sampler=IterationSpan(setup.sampler, start, stop),
+                      batch_sampler=IterationSpan(setup.sampler, start, stop, setup.rank,
+                                                  setup.world_size),
                       collate_fn=collate, num_workers=workers,
                       prefetch_factor=cfg.prefetch_factor if workers else None,
                       pin_memory=cfg.pin_memory and device.type == "cuda",
@@ -470,21 +513,40 @@ def loop_settings(cfg: StudentTrainConfig, iterations: int) -> LoopSettings:
         warmup_start_lr=cfg.warmup_start_lr, seed=cfg.seed, amp=cfg.amp,
         channels_last=cfg.channels_last, log_every=cfg.log_every,
         checkpoint_every=cfg.checkpoint_every, stop_after=cfg.stop_after,
-        progress=cfg.progress)
+        progress=cfg.progress, sync_batchnorm=cfg.sync_batchnorm,
+        find_unused_parameters=_may_leave_parameters_unused(cfg))
+
+
+def _may_leave_parameters_unused(cfg: StudentTrainConfig) -> bool:
+    """Whether a step can leave transfer modules without gradient: their outputs reach the
+    task head only when ``head_input=attended``; else only the enabled transfer losses use
+    them (DDP then has to look for unused parameters every step)."""
+    return cfg.head_input != "attended" and bool(cfg.levels)
 
 
 def run(cfg: StudentTrainConfig, *, out: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Train a student; writes OUT, OUT-stem.{metrics.jsonl,loss.png,config.yaml}."""
+    """Train a student; writes OUT, OUT-stem.{metrics.jsonl,loss.png,config.yaml}.
+
+    Under torchrun (WORLD_SIZE > 1) every process calls this; rank 0 writes the files."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    setup = prepare(cfg)
-    save_config(setup.cfg, sidecar(out, "config.yaml"))
-    device = recipe.resolve_device(setup.cfg.device)
+    env = distributed.env_from()
+    check_world(cfg, env.world_size)  # before any process waits on the others
+    device = distributed.device_for(env, cfg.device)
+    with distributed.process_group(env, device, cfg.dist_timeout_s):
+        return _train(cfg, out, resume, env, device)
+
+
+def _train(cfg: StudentTrainConfig, out: Path, resume: bool, env: distributed.DistEnv,
+           device: torch.device) -> dict[str, Any]:
+    setup = prepare(cfg, rank=env.rank, world_size=env.world_size)
+    if env.is_main:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_config(setup.cfg, sidecar(out, "config.yaml"))
     if setup.teacher is not None:
         setup.teacher.to(device)
         if setup.cfg.channels_last:
             setup.teacher.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    meter = FeedMeter(setup.cfg.batch_size)
+    meter = FeedMeter(setup.cfg.batch_size)  # global batch: the ranks step together
 
     def batches(start: int) -> Iterator[dict[str, Any]]:
         return meter.wrap(make_loader(setup, start, setup.iterations, device))
@@ -493,9 +555,12 @@ def run(cfg: StudentTrainConfig, *, out: str | Path, resume: bool = False) -> di
             "online" if setup.teacher is not None else "offline")
     summary = train_loop(setup.model, setup.loss_fn, batches,
                          loop_settings(setup.cfg, setup.iterations), out=out, meta=setup.meta,
-                         device=device, resume=resume, desc=f"student[{mode}/{setup.cfg.task}]")
-    feed = meter.record(summary["seconds"])
-    with sidecar(out, "metrics.jsonl").open("a") as f:  # not a loss record: the plot skips it
-        f.write(json.dumps({"kind": "loader", "iteration": summary["iteration"], **feed}) + "\n")
+                         device=device, resume=resume, desc=f"student[{mode}/{setup.cfg.task}]",
+                         dist=env)
+    feed = meter.record(summary["seconds"])  # rank 0's wait; samples/s of the whole job
+    if env.is_main:
+        with sidecar(out, "metrics.jsonl").open("a") as f:  # not a loss record: the plot skips it
+            f.write(json.dumps({"kind": "loader", "iteration": summary["iteration"],
+                                "world_size": env.world_size, **feed}) + "\n")
     return {**summary, "out": str(out), "device": str(device), "mode": mode, "loader": feed,
-            "lineage": setup.meta["lineage"]}
+            "lineage": setup.meta["lineage"], "rank": env.rank, "world_size": env.world_size}

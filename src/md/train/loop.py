@@ -2,6 +2,12 @@
 
 Reads top to bottom: restore (if resuming) -> for each iteration: seed, lr, forward under
 autocast, backward, step, log -> periodic resume checkpoints -> final checkpoint, log figure.
+
+Under DDP (`dist` of several ranks, see `md.train.distributed`) every rank runs this loop on
+its part of each batch; BatchNorm is synchronised and the model wrapped after the restore.
+Every rank restores from the one resume file; rank 0 alone writes the checkpoint, the resume
+file, the metrics log (losses averaged over ranks) and the figure, and shows the progress bar;
+the ranks meet at a barrier before returning, so the files exist when any rank returns.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from md.errors import MdError
-from md.train import recipe
+from md.train import distributed, recipe
 from md.train.checkpoint import load_checkpoint, save_checkpoint
 from md.train.metrics_log import MetricsLog, plot_loss_curves
 
@@ -27,7 +33,8 @@ LossFn = Callable[[nn.Module, dict[str, Any]], dict[str, torch.Tensor]]
 # Config fields that steer a run but do not change what it computes: a resume may differ in
 # these (e.g. stop_after, more workers, no progress bar) and still reach the same weights.
 RUN_CONTROL_FIELDS = frozenset({"stop_after", "progress", "num_workers", "log_every",
-                                "checkpoint_every", "device", "prefetch_factor", "pin_memory"})
+                                "checkpoint_every", "device", "prefetch_factor", "pin_memory",
+                                "dist_timeout_s"})
 
 
 def training_identity(config: dict[str, Any] | None) -> dict[str, Any]:
@@ -50,6 +57,10 @@ class LoopSettings:
     grad_clip: float = 0.0  # 0 = off
     stop_after: int = 0  # stop (as if interrupted) after this many iterations in this run; 0 = off
     progress: bool = True
+    # DDP only (several ranks): BatchNorm over the global batch; DDP's search for parameters
+    # that a step leaves without gradient (needed when some outputs feed no loss).
+    sync_batchnorm: bool = True
+    find_unused_parameters: bool = False
 
 
 def sidecar(out: Path, suffix: str) -> Path:
@@ -94,74 +105,92 @@ def train_loop(
     device: torch.device,
     resume: bool = False,
     desc: str = "train",
+    dist: distributed.DistEnv = distributed.SINGLE,
 ) -> dict[str, Any]:
     """Train `model` and write `out` (+ metrics log, loss curve); returns a summary dict.
 
-    `batches(start)` yields the batches for iterations start, start+1, ...; `meta` goes into
-    every checkpoint (task, model kind, model args, config, dataset fingerprint, ...).
-    Returns `{"completed": bool, "iteration": int, "seconds": float, "last": {loss parts}}`.
+    `batches(start)` yields the batches (this rank's part, under DDP) for iterations start,
+    start+1, ...; `meta` goes into every checkpoint (task, model kind, model args, config,
+    dataset fingerprint, ...). `loss_fn` gets the model to run forward (a DDP wrapper under
+    DDP: `distributed.unwrap` reaches its methods).
+    Returns `{"completed": bool, "iteration": int, "seconds": float, "last": {loss parts}}`
+    (`last`: averaged over ranks).
     """
     s = settings
+    main = dist.is_main
     model.to(device)
     if s.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if dist.active and s.sync_batchnorm:
+        model = distributed.convert_batchnorm(model, device)
     opt = recipe.make_optimizer(model, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=(s.amp == "fp16"))
-    start = _restore(model, opt, out, meta, device) if resume else 0
-    log = MetricsLog(sidecar(out, "metrics.jsonl"), resume_from=start if resume else None)
+    start = _restore(model, opt, out, meta, device) if resume else 0  # every rank, one file
+    net = (distributed.wrap(model, dist, device, find_unused_parameters=s.find_unused_parameters,
+                            sync_batchnorm=s.sync_batchnorm) if dist.active else model)
+    log = (MetricsLog(sidecar(out, "metrics.jsonl"), resume_from=start if resume else None)
+           if main else None)  # rank 0's log; the others' losses reach it averaged
 
     def save_resume(iteration: int) -> None:
-        save_checkpoint(resume_path(out), {**meta, "iteration": iteration,
-                                           "weights": model.state_dict(),
-                                           "optimizer": opt.state_dict()})
+        if main:
+            save_checkpoint(resume_path(out), {**meta, "iteration": iteration,
+                                               "weights": model.state_dict(),
+                                               "optimizer": opt.state_dict()})
 
-    t0, it = time.perf_counter(), start
+    t0, done = time.perf_counter(), start  # done: iterations whose step has completed
     last: dict[str, float] = {}
-    bar = tqdm(total=s.iterations, initial=start, desc=desc, disable=not s.progress,
+    bar = tqdm(total=s.iterations, initial=start, desc=desc, disable=not (s.progress and main),
                dynamic_ncols=True, unit="it")
-    model.train()
+    net.train()
     stream: Iterator[dict[str, Any]] = iter(batches(start))
     try:
         for it in range(start, s.iterations):
             if s.stop_after and it - start >= s.stop_after:
                 save_resume(it)
                 bar.close()
+                distributed.barrier(dist)
                 return {"completed": False, "iteration": it,
                         "seconds": time.perf_counter() - t0, "last": last}
             if it > start and it % s.checkpoint_every == 0:
                 save_resume(it)
-            last = _step(model, opt, scaler, loss_fn, next(stream), it, s, device)
+            last = _step(net, opt, scaler, loss_fn, next(stream), it, s, device, dist)
+            done = it + 1
             bar.update(1)
             bar.set_postfix({k: f"{v:.3g}" for k, v in last.items()}, refresh=False)
-            if it % s.log_every == 0 or it == s.iterations - 1:
+            if log is not None and (it % s.log_every == 0 or it == s.iterations - 1):
                 lr = opt.param_groups[0]["lr"]
                 log.write({"iteration": it, "lr": lr, **{f"loss/{k}": v for k, v in last.items()}})
-    except KeyboardInterrupt:
-        save_resume(it)
+    except KeyboardInterrupt:  # Ctrl-C reaches every rank; rank 0 keeps the finished steps
+        save_resume(done)
         raise
     finally:
         bar.close()
     model.eval()
-    save_checkpoint(out, {**meta, "iteration": s.iterations, "weights": model.state_dict()})
-    resume_path(out).unlink(missing_ok=True)
-    plot_loss_curves(sidecar(out, "metrics.jsonl"), sidecar(out, "loss.png"), title=desc)
+    if main:
+        save_checkpoint(out, {**meta, "iteration": s.iterations, "weights": model.state_dict()})
+        resume_path(out).unlink(missing_ok=True)
+        plot_loss_curves(sidecar(out, "metrics.jsonl"), sidecar(out, "loss.png"), title=desc)
+    distributed.barrier(dist)
     return {"completed": True, "iteration": s.iterations,
             "seconds": time.perf_counter() - t0, "last": last}
 
 
 def _step(model: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
           loss_fn: LossFn, batch: dict[str, Any], it: int, s: LoopSettings,
-          device: torch.device) -> dict[str, float]:
-    recipe.seed_step(s.seed, it)
+          device: torch.device, dist: distributed.DistEnv) -> dict[str, float]:
+    distributed.seed_step(s.seed, it, dist)
     recipe.set_lr(opt, recipe.lr_at(it, lr=s.lr, iterations=s.iterations,
                                      warmup_iters=s.warmup_iters,
                                      warmup_start_lr=s.warmup_start_lr))
     batch = to_device(batch, device, s.channels_last)
-    with _autocast(device, s.amp):
+    with _autocast(device, s.amp), distributed.synced_normalisers(dist):
         losses = loss_fn(model, batch)
     total = losses["total"]
-    if not torch.isfinite(total):
-        parts = {k: float(v) for k, v in losses.items()}
+    # Averaged over ranks before the backward, so every rank sees the same (global) values
+    # and a non-finite loss stops all ranks at once instead of leaving the others waiting.
+    logged = distributed.mean_over_ranks(losses, dist)
+    if not torch.isfinite(logged["total"]):
+        parts = {k: float(v) for k, v in logged.items()}
         raise MdError(f"loss became non-finite at iteration {it} ({parts}); lower lr= or "
                       "check the data")
     opt.zero_grad(set_to_none=True)
@@ -171,7 +200,7 @@ def _step(model: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradSc
         nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
     scaler.step(opt)
     scaler.update()
-    return {k: float(v.detach()) for k, v in losses.items()}
+    return {k: float(v) for k, v in logged.items()}
 
 
 def _restore(model: nn.Module, opt: torch.optim.Optimizer, out: Path, meta: dict[str, Any],

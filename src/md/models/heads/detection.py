@@ -50,6 +50,7 @@ from md.models.heads.boxes import (
     grid_anchors,
     nms,
 )
+from md.train.distributed import share_of_total
 
 ASSIGNERS = ("iou", "mutual_guidance")
 
@@ -440,7 +441,8 @@ class DetectionHead(nn.Module):
 
         targets: ``boxes`` list of B (N_i, 4) xyxy pixel tensors, optional ``box_ignore`` list
         of B (N_i,) bool. Both parts are normalized by their number of positive anchors in the
-        batch (at least 1), so an image without pedestrians still trains the background.
+        batch (at least 1), so an image without pedestrians still trains the background; in a
+        DDP training step, by that of the global batch (`md.train.distributed.share_of_total`).
         """
         logits = outputs["cls_logits"][..., 0].float()  # (B, A)
         deltas = outputs["box_deltas"].float()  # (B, A, 4)
@@ -460,8 +462,9 @@ class DetectionHead(nn.Module):
         cls_valid = torch.stack([a.cls_valid for a in parts])
         box_pos = torch.stack([a.box_pos for a in parts])
         box_target = torch.stack([a.box_target for a in parts])  # (B, A, 4)
-        num_cls_pos = cls_target.sum().clamp(min=1)
-        num_box_pos = box_pos.sum().clamp(min=1)
+        # At least 1; under DDP the global batch's count, as a share per rank (share_of_total).
+        num_cls_pos = share_of_total(cls_target.sum())
+        num_box_pos = share_of_total(box_pos.sum())
         cls_loss = self.focal(logits[cls_valid], cls_target[cls_valid]) / num_cls_pos
         box_anchors = anchors.expand_as(deltas)[box_pos]
         box_loss = self.box_loss(deltas[box_pos], box_target[box_pos], box_anchors) / num_box_pos

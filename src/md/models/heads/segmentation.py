@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from md.train.distributed import share_of_total, syncing_normalisers
+
 
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "bn":
@@ -140,8 +142,17 @@ class SegmentationHead(nn.Module):
             )
         ignore = -100 if self.ignore_index is None else self.ignore_index  # -100: no label uses it
         weight: Tensor | None = self.class_weights  # type: ignore[assignment]
-        return {"seg": F.cross_entropy(logits.float(), labels.long(), weight=weight,
-                                       ignore_index=ignore)}
+        if (weight is None and self.ignore_index is None) or not syncing_normalisers():
+            return {"seg": F.cross_entropy(logits.float(), labels.long(), weight=weight,
+                                           ignore_index=ignore)}
+        # DDP step: divide by the global batch's weight sum (or count of labelled pixels), not
+        # this rank's, so the ranks' average is the one-process loss on the global batch.
+        labels = labels.long()
+        valid = labels != ignore
+        per_pixel = weight[labels[valid]] if weight is not None else valid.float()
+        total = F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=ignore,
+                                reduction="sum")
+        return {"seg": total / share_of_total(per_pixel.sum(), minimum=1e-12)}
 
     @torch.no_grad()
     def predict(self, outputs: dict[str, Tensor]) -> Tensor:
