@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from md.bench.setup import BenchInputs, ensure_setup
+from md.stores import PRESETS, open_store
 from tests.conftest import REPO, run_cli
 
 
@@ -30,7 +31,7 @@ def _given(s: BenchInputs) -> list[str]:
 def test_codecs_reports_each_preset(inputs: BenchInputs) -> None:
     r = _json(run_cli("bench", "codecs", *_given(inputs), "--samples", "4", "--repeats", "1",
                       "--json"))
-    assert set(r["presets"]) == {"lossless", "compact"}
+    assert set(r["presets"]) == set(PRESETS)
     for p in r["presets"].values():
         assert {"bytes_per_sample", "ratio_vs_fp32", "cosine", "max_abs_error", "encode_mb_s",
                 "decode_mb_s"} <= set(p)
@@ -53,6 +54,13 @@ def test_train_step_three_modes(inputs: BenchInputs) -> None:
                       "--steps", "1", "--warmup", "1", "--json"))
     assert all(r[k] > 0 for k in ("offline_ms", "online_ms", "in_memory_ms"))
     assert set(r["peak_memory_mb"]) == {"offline", "online", "in_memory"}
+    # on CPU (Linux) the peak is the sampled process RSS: positive, and at least the RSS
+    # the process had before the mode began
+    for mode in r["modes"].values():
+        assert mode["peak_memory_kind"] == "process_rss"
+        assert mode["peak_memory_mb"] == mode["peak_rss_mb"] > 0 and mode["rss_rise_mb"] >= 0
+    # resolved from the store's teacher, never null
+    assert r["width"] == open_store(inputs.store).attrs["teacher"]["model_args"]["width"]
 
 
 def test_loader_rates_per_worker_count(inputs: BenchInputs) -> None:

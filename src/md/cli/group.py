@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
 from md.errors import MdError
+
+
+def error_prefix() -> str:
+    """``md: error:``, tagged with the rank under torchrun (every rank reports its own error,
+    and they need not be the same one: one rank may hit a bad shard the others never read)."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return f"md: error (rank {os.environ.get('RANK', '?')}):"
+    return "md: error:"
 
 
 class MdGroup(click.Group):
@@ -17,7 +26,7 @@ class MdGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MdError as e:
-            click.echo(f"md: error: {e}", err=True)
+            click.echo(f"{error_prefix()} {e}", err=True)
             ctx.exit(2)
 
 
