@@ -1,4 +1,8 @@
-"""`md store ...`: inspect, verify, pack and unpack teacher-target stores."""
+"""`md store ...`: inspect, verify, pack and unpack teacher-target stores.
+
+STORE is a directory, a packed .zip or an fsspec URL (``s3://bucket/run.zarr``; needs
+``pip install 'md[s3]'`` and the usual AWS credentials / ``AWS_ENDPOINT_URL`` settings).
+"""
 
 from __future__ import annotations
 
@@ -23,7 +27,10 @@ def store() -> None:
 @click.argument("store_url", metavar="STORE")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def info_cmd(store_url: str, as_json: bool) -> None:
-    """Samples, completeness, arrays, bytes per sample and provenance of STORE (dir or .zip)."""
+    """Samples, completeness, arrays, bytes per sample and provenance of STORE.
+
+    STORE is a directory, a packed .zip or a URL such as s3://bucket/run.zarr.
+    """
     report = store_info(store_url)
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
@@ -37,7 +44,8 @@ def info_cmd(store_url: str, as_json: bool) -> None:
 def verify_cmd(store_url: str, as_json: bool) -> None:
     """Read every chunk of STORE (checksums), check completeness, NaN/Inf and shapes.
 
-    Exits 1 and names the bad shards and samples when anything is wrong.
+    STORE is a directory, a packed .zip or a URL such as s3://bucket/run.zarr. Exits 1 and
+    names the bad shards and samples when anything is wrong (missing or corrupt objects).
     """
     report = store_verify(store_url)
     if as_json:
@@ -64,16 +72,22 @@ def verify_cmd(store_url: str, as_json: bool) -> None:
     "--allow-incomplete", is_flag=True, help="Pack even if some shards were never written."
 )
 def pack_cmd(store_url: str, zip_path: str, force: bool, allow_incomplete: bool) -> None:
-    """Pack directory STORE into OUT.zip (stored, sha256 manifest), readable in place."""
+    """Pack STORE into local OUT.zip (stored, sha256 manifest), readable in place.
+
+    STORE is a directory or a URL such as s3://bucket/run.zarr.
+    """
     summary = store_pack(store_url, zip_path, allow_incomplete=allow_incomplete, force=force)
     click.echo(f"packed {summary['files']} files into {summary['zip']} ({summary['bytes']} bytes)")
 
 
 @store.command("unpack")
 @click.argument("zip_path", metavar="OUT.zip", type=click.Path(dir_okay=False))
-@click.argument("out_dir", metavar="DIR", type=click.Path(file_okay=False))
+@click.argument("out_dir", metavar="DEST")
 def unpack_cmd(zip_path: str, out_dir: str) -> None:
-    """Unpack OUT.zip into new directory DIR after checking every member's sha256."""
+    """Unpack OUT.zip into DEST after checking every member's sha256.
+
+    DEST is a new (or empty) directory, or an empty prefix such as s3://bucket/run.zarr.
+    """
     dest = store_unpack(zip_path, out_dir)
     click.echo(f"unpacked {zip_path} into {dest}")
 

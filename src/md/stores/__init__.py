@@ -1,6 +1,7 @@
 """Teacher-target stores: compressed, sharded, checksummed Zarr v3 with provenance.
 
-The seam every backend (directory, packed zip, later fsspec/S3) sits behind::
+The seam every backend (directory, packed zip, fsspec URLs such as ``s3://bucket/run.zarr``)
+sits behind::
 
     schema = StoreSchema(n=1000, shard_size=16, levels=(LevelSpec("C3", 128, 64, 80, 8),))
     store = open_or_create_store("run.zarr", schema, {"teacher": {...}, "dataset": {...}})
@@ -13,6 +14,7 @@ Layout, invariants and failure semantics: see `md.stores.target_store` and docs/
 """
 
 from md.errors import IncompleteStoreError, StoreError
+from md.stores.backends import StoreAccessError
 from md.stores.codecs import PRESETS, CodecPreset, Fidelity, get_preset, measure_fidelity
 from md.stores.info import info
 from md.stores.pack import check_manifest, pack, unpack
@@ -43,6 +45,7 @@ __all__ = [
     "Fidelity",
     "IncompleteStoreError",
     "LevelSpec",
+    "StoreAccessError",
     "StoreError",
     "StoreSchema",
     "TargetStore",

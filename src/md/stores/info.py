@@ -23,9 +23,11 @@ _STORE_KEYS = ("schema", "codec")  # shown under their own keys, not under prove
 
 
 def info(url: str | os.PathLike[str]) -> dict[str, Any]:
-    """Describe the store at `url` (directory or packed zip). Reads metadata and sizes only."""
+    """Describe the store at `url` (directory, packed zip or URL such as s3://...). Reads
+    metadata and sizes only (on S3: one listing per array for the sizes)."""
     loc = parse_location(url)
     with open_store(url, mode="r") as ts:
+        ts.raw_arrays(ts.raw_names())  # open every array at once
         mask = ts.written_mask()
         written = int(mask.sum())
         arrays = {name: _array_info(ts, name) for name in ts.raw_names()}

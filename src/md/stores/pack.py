@@ -1,15 +1,21 @@
-"""`pack` a directory store into one shippable zip, `unpack` it safely, check its manifest.
+"""`pack` a store into one shippable zip, `unpack` it safely, check its manifest.
 
-The zip is ZIP_STORED (chunks are already zstd-compressed; stored members keep byte-range
+`pack` reads a directory store or an fsspec URL (``s3://bucket/run.zarr``) and writes a local
+zip; `unpack` writes into a new directory or an empty fsspec prefix. The zip is ZIP_STORED (chunks are already zstd-compressed; stored members keep byte-range
 reads cheap, so the zip is read directly as a read-only store) with fixed timestamps and
 sorted members, so packing the same store twice gives the same bytes. A manifest
 (``md_manifest.json``: sha256 and size per member) goes in last; `unpack` and `verify` check it.
 `unpack` refuses absolute paths, ``..``, backslashes, drive letters, links, members not in
 the manifest, and extracts into a temporary sibling that is renamed only when all is well.
+Object stores have no rename: there `unpack` uploads the root ``zarr.json`` last (until it
+lands the prefix is no store, and `md store info` says so), and removes what it uploaded if
+it fails.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -17,11 +23,23 @@ import re
 import shutil
 import stat
 import zipfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
 from md.errors import StoreError
-from md.stores.backends import parse_location
+from md.stores.backends import (
+    CheckedStore,
+    Location,
+    has_objects,
+    key_exists,
+    list_keys,
+    open_backend,
+    parse_location,
+)
 from md.stores.target_store import open_store
 
 MANIFEST_NAME = "md_manifest.json"
@@ -29,6 +47,7 @@ MANIFEST_FORMAT = "md-store-pack"
 MANIFEST_VERSION = 1
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: reproducible zips
 _DRIVE = re.compile(r"^[A-Za-z]:")
+_WINDOW = 16  # objects in flight at once when reading from / writing to an object store
 
 
 def pack(
@@ -38,28 +57,26 @@ def pack(
     allow_incomplete: bool = False,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Pack the directory store at `url` into `zip_path`; returns a summary (files, bytes).
-
-    Refuses an incomplete store unless `allow_incomplete`, and an existing zip unless `force`.
+    """Pack the store at `url` (directory or fsspec URL) into local `zip_path`; returns a
+    summary (files, bytes). Refuses an incomplete store unless `allow_incomplete`, and an
+    existing zip unless `force`.
     """
     loc = parse_location(url)
-    if loc.kind != "local":
-        raise StoreError(f"{loc.url}: only a directory store can be packed")
-    root, out = Path(loc.path), Path(zip_path)
-    with open_store(root) as ts:  # raises if it is not a readable store
+    if loc.kind == "zip":
+        raise StoreError(f"{loc.url} is packed already: ship it as it is, or unpack it first")
+    out = Path(zip_path)
+    with open_store(loc.url) as ts:  # raises if it is not a readable store
         missing = ts.missing_shards()
     if missing and not allow_incomplete:
         raise StoreError(
-            f"{root}: shards {missing} were never written; finish the store first, or pass --allow-incomplete"
+            f"{loc.url}: shards {missing} were never written; finish the store first, or pass --allow-incomplete"
         )
-    _check_output(root, out, force)
-    files = _store_files(root)
+    _check_output(loc, out, force)
     tmp = out.with_name(out.name + ".partial")
     entries: dict[str, dict[str, Any]] = {}
     try:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-            for rel in files:
-                data = (root / rel).read_bytes()
+            for rel, data in _store_objects(loc):
                 zf.writestr(_member(rel), data)
                 entries[rel] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
             manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "files": entries}
@@ -69,21 +86,47 @@ def pack(
         tmp.unlink(missing_ok=True)
     return {
         "zip": str(out),
-        "files": len(files),
+        "files": len(entries),
         "bytes": out.stat().st_size,
         "incomplete_shards": missing,
     }
 
 
-def _check_output(root: Path, out: Path, force: bool) -> None:
+def _check_output(loc: Location, out: Path, force: bool) -> None:
     if out.suffix.lower() != ".zip":
         raise StoreError(
             f"{out}: the packed store must end in .zip (that is how it is opened later)"
         )
-    if out.resolve().is_relative_to(root.resolve()):
-        raise StoreError(f"{out} lies inside the store {root}: write the zip elsewhere")
+    if loc.kind == "local" and out.resolve().is_relative_to(Path(loc.path).resolve()):
+        raise StoreError(f"{out} lies inside the store {loc.path}: write the zip elsewhere")
     if out.exists() and not force:
         raise StoreError(f"{out} already exists: remove it or pass --force")
+
+
+def _store_objects(loc: Location) -> Iterator[tuple[str, bytes]]:
+    """(relative key, bytes) of every object of the store, sorted by key."""
+    if loc.kind == "local":
+        root = Path(loc.path)
+        for rel in _store_files(root):
+            yield rel, (root / rel).read_bytes()
+        return
+    store = open_backend(loc, writable=False)
+    try:
+        keys = [k for k in list_keys(store) if k != MANIFEST_NAME]
+        for start in range(0, len(keys), _WINDOW):  # a window of gets in flight at once
+            window = keys[start : start + _WINDOW]
+            yield from zip(window, sync(_get_all(store, loc, window)), strict=True)
+    finally:
+        store.close()
+
+
+async def _get_all(store: CheckedStore, loc: Location, keys: Sequence[str]) -> list[bytes]:
+    proto = default_buffer_prototype()
+    bufs = await asyncio.gather(*(store.get(k, proto) for k in keys))
+    for key, buf in zip(keys, bufs, strict=True):
+        if buf is None:
+            raise StoreError(f"{loc.url}: object {key} vanished while packing; pack again")
+    return [buf.to_bytes() for buf in bufs if buf is not None]
 
 
 def _store_files(root: Path) -> list[str]:
@@ -105,9 +148,19 @@ def _member(name: str) -> zipfile.ZipInfo:
     return info
 
 
-def unpack(zip_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
-    """Extract a packed store into `out_dir` (new or empty) after checking every member."""
-    src, dest = Path(zip_path), Path(out_dir)
+def unpack(zip_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path | str:
+    """Extract a packed store into `out_dir` after checking every member: a new or empty
+    directory (returned as a Path), or an empty fsspec prefix such as ``s3://bucket/run.zarr``
+    (its URL is returned)."""
+    src, loc = Path(zip_path), parse_location(out_dir)
+    if loc.kind == "zip":
+        raise StoreError(
+            f"{loc.url}: unpack into a directory or a URL such as s3://..., not a .zip"
+        )
+    if loc.kind == "fsspec":
+        _unpack_to_url(src, loc)
+        return loc.url
+    dest = Path(loc.path)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise StoreError(f"{dest} exists and is not an empty directory: choose a new directory")
     tmp = dest.with_name(f".{dest.name}.unpack-{os.getpid()}")
@@ -127,6 +180,49 @@ def unpack(zip_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]) ->
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def _unpack_to_url(src: Path, loc: Location) -> None:
+    """Upload the checked members under an empty prefix, the root zarr.json last."""
+    store = open_backend(loc, writable=True)
+    uploaded: list[str] = []
+    try:
+        if key_exists(store, "zarr.json") or has_objects(store):
+            raise StoreError(f"{loc.url} is not empty: unpack into a new prefix")
+        with _open_zip(src) as zf:
+            entries = _checked_members(zf, src)
+            names = sorted(entries, key=lambda n: n == "zarr.json")  # stable: root last
+            for start in range(0, len(names), _WINDOW):
+                window = names[start : start + _WINDOW]
+                blobs = [_read_member(zf, src, name) for name in window]
+                for name, data in zip(window, blobs, strict=True):
+                    _check_digest(src, name, data, entries[name])
+                sync(_set_all(store, window, blobs))
+                uploaded += window
+    except BaseException:
+        _remove_quietly(store, uploaded)
+        raise
+    finally:
+        store.close()
+
+
+async def _set_all(store: CheckedStore, keys: Sequence[str], blobs: Sequence[bytes]) -> None:
+    proto = default_buffer_prototype()
+    await asyncio.gather(
+        *(store.set(k, proto.buffer.from_bytes(b)) for k, b in zip(keys, blobs, strict=True))
+    )
+
+
+def _remove_quietly(store: CheckedStore, keys: Sequence[str]) -> None:
+    """Best effort: take back what a failed unpack uploaded (the backend may be gone)."""
+    if not keys:
+        return
+
+    async def remove() -> None:
+        await asyncio.gather(*(store.delete(k) for k in keys), return_exceptions=True)
+
+    with contextlib.suppress(Exception):
+        sync(remove())
 
 
 def check_manifest(zip_path: str | os.PathLike[str]) -> list[str]:

@@ -11,12 +11,15 @@ Invariants (the contract tests pin them for every backend):
 - **Per-process handles.** A `TargetStore` opens its Zarr handle lazily, keyed on the pid;
   after a fork (DataLoader / Dask worker) the child opens its own. Pickling keeps only the URL
   and mode. Open arrays and shard indexes are cached per handle, so a batch of samples from a
-  few shards costs one index read per shard per process, then one byte range per sample.
+  few shards costs one index read per shard per process, then one byte range per sample and
+  array. A batch read fetches all its arrays concurrently on zarr's event loop, so a remote
+  store overlaps their round trips instead of paying them one array after another.
 - **JSON only.** Group attributes are JSON (no pickle): the schema, codec, provenance.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -28,7 +31,9 @@ from typing import Any, Literal
 
 import numpy as np
 import zarr
-from zarr.storage import MemoryStore
+from zarr.core.buffer import Buffer
+from zarr.core.sync import sync  # zarr's own bridge onto its event loop
+from zarr.storage import MemoryStore, StorePath
 
 from md import __version__
 from md.errors import IncompleteStoreError, StoreError
@@ -36,7 +41,9 @@ from md.stores.backends import (
     CheckedStore,
     Location,
     MissingChunkError,
+    has_objects,
     key_exists,
+    missing_store_error,
     open_backend,
     parse_location,
     stored_bytes,
@@ -55,6 +62,7 @@ Mode = Literal["r", "r+"]
 # Attributes the store owns; `attrs` passed by callers may not override them.
 RESERVED_ATTRS = ("schema_version", "schema", "codec", "created", "tool_version")
 META_NAMES = ("sample_id", "group")
+_UPLOAD_WINDOW = 32  # objects written at once when a new store is laid out on its backend
 
 
 # ----------------------------------------------------------------------------- creation
@@ -75,21 +83,48 @@ def create_store(
     """
     loc = parse_location(url)
     user_attrs = _checked_attrs(attrs or {}, loc.url)
+    bare_root, objects = _layout(schema, user_attrs)
     store = open_backend(loc, writable=True)
     try:
-        _refuse_existing(loc, store, overwrite)
-        group = zarr.open_group(store, mode="w", zarr_format=3)
-        preset = get_preset(schema.codec)
-        arrays = {
-            spec.name: _create_array(group, spec, schema, preset) for spec in schema.stored_arrays()
-        }
-        with store.writing():
-            arrays["written"][:] = False  # materialize its chunks: every chunk key exists now
-        # The schema attribute is written last: a store without it was not fully created.
-        group.attrs.update({**_store_attrs(schema, preset), **user_attrs})
+        if _refuse_existing(loc, store, overwrite):
+            sync(store.delete_dir(""))  # overwrite: the old prefix goes, every object of it
+        _upload_layout(store, bare_root, objects)
     finally:
         store.close()
     return TargetStore(loc.url, mode="r+")
+
+
+def _layout(schema: StoreSchema, user_attrs: Mapping[str, Any]) -> tuple[Buffer, dict[str, Buffer]]:
+    """A new empty store laid out in memory: (root metadata without attributes, every
+    object by key). One upload then writes it to any backend, in few round trips."""
+    objects: dict[str, Buffer] = {}
+    memory = MemoryStore(objects)
+    group = zarr.open_group(memory, mode="w", zarr_format=3)
+    bare_root = objects["zarr.json"]
+    preset = get_preset(schema.codec)
+    arrays = {
+        spec.name: _create_array(group, spec, schema, preset) for spec in schema.stored_arrays()
+    }
+    arrays["written"][:] = False  # materialize its chunks: every chunk key exists now
+    group.attrs.update({**_store_attrs(schema, preset), **user_attrs})
+    return bare_root, objects
+
+
+def _upload_layout(store: CheckedStore, bare_root: Buffer, objects: Mapping[str, Buffer]) -> None:
+    """Write a laid-out store: the bare root first, then every other object concurrently,
+    the root with the schema attribute last. A store without that attribute was not fully
+    created (opening it says so; creating it again with overwrite=True repairs it)."""
+    rest = [key for key in objects if key != "zarr.json"]
+
+    async def upload() -> None:
+        await store.set("zarr.json", bare_root)
+        for start in range(0, len(rest), _UPLOAD_WINDOW):
+            window = rest[start : start + _UPLOAD_WINDOW]
+            await asyncio.gather(*(store.set(key, objects[key]) for key in window))
+        await store.set("zarr.json", objects["zarr.json"])
+
+    with store.writing():
+        sync(upload())
 
 
 def open_store(url: str | os.PathLike[str], mode: Mode = "r") -> TargetStore:
@@ -138,7 +173,9 @@ def _exists(loc: Location) -> bool:
         store.close()
 
 
-def _refuse_existing(loc: Location, store: CheckedStore, overwrite: bool) -> None:
+def _refuse_existing(loc: Location, store: CheckedStore, overwrite: bool) -> bool:
+    """Refuse to create over a store (unless `overwrite`) or over anything that is not a
+    store; returns whether an old store is there to delete."""
     if loc.kind == "local" and Path(loc.path).exists() and not Path(loc.path).is_dir():
         raise StoreError(f"{loc.path} is a file, not a store directory: choose another path")
     is_store = key_exists(store, "zarr.json")
@@ -146,11 +183,17 @@ def _refuse_existing(loc: Location, store: CheckedStore, overwrite: bool) -> Non
         raise StoreError(
             f"{loc.path} is a non-empty directory, not a store: refusing to write there"
         )
+    if loc.kind == "fsspec" and not is_store and has_objects(store):
+        raise StoreError(
+            f"{loc.url} holds objects but no store (another dataset, or an interrupted "
+            "`md store unpack`): refusing to write there; delete that prefix or choose another"
+        )
     if is_store and not overwrite:
         raise StoreError(
             f"a store already exists at {loc.url}: open it to resume (open_or_create_store), "
             "or pass overwrite=True to replace it"
         )
+    return is_store
 
 
 def _create_array(
@@ -218,6 +261,22 @@ class _Handle:
             self.arrays[name] = node.with_config({"write_empty_chunks": True})
         return self.arrays[name]
 
+    def open_arrays(self, names: Sequence[str]) -> list[zarr.Array]:
+        """The arrays `names`; those not open yet are opened all at once (on a remote store
+        one round trip, not one per array). A failure is left to `array`, which says why."""
+        todo = [name for name in dict.fromkeys(names) if name not in self.arrays]
+        if len(todo) > 1:
+            opened = sync(_open_arrays(self.store, todo))
+            for name, node in zip(todo, opened, strict=True):
+                if isinstance(node, zarr.AsyncArray):
+                    self.arrays[name] = zarr.Array(node).with_config({"write_empty_chunks": True})
+        return [self.array(name) for name in names]
+
+
+async def _open_arrays(store: CheckedStore, names: Sequence[str]) -> list[Any]:
+    opens = [zarr.AsyncArray.open(StorePath(store, name), zarr_format=3) for name in names]
+    return await asyncio.gather(*opens, return_exceptions=True)
+
 
 def _open_handle(loc: Location, writable: bool) -> _Handle:
     store = open_backend(loc, writable=writable)
@@ -225,6 +284,8 @@ def _open_handle(loc: Location, writable: bool) -> _Handle:
         try:
             group = zarr.open_group(store, mode="r+" if writable else "r", zarr_format=3)
         except (FileNotFoundError, ValueError, KeyError) as e:
+            if loc.kind == "fsspec" and isinstance(e, FileNotFoundError):
+                raise missing_store_error(loc) from None
             raise StoreError(
                 f"cannot open store at {loc.url} ({type(e).__name__}): is it an md store?"
             ) from None
@@ -250,6 +311,9 @@ def _read_schema(loc: Location, attrs: Mapping[str, Any]) -> StoreSchema:
     return StoreSchema.from_json(raw)
 
 
+_INHERITED_HANDLES: list[_Handle] = []  # handles a forked child got from its parent
+
+
 class TargetStore:
     """A teacher-target store at a URL: directory, packed ``.zip`` (read-only) or fsspec URL.
 
@@ -267,7 +331,10 @@ class TargetStore:
 
     def _handle(self) -> _Handle:
         if self._h is None or self._h.pid != os.getpid():
-            # After fork the parent's handle is left alone (not closed): it is the parent's.
+            if self._h is not None:
+                # After fork the parent's handle is the parent's: never closed or used here,
+                # and kept referenced so its client's finalizers do not run in this process.
+                _INHERITED_HANDLES.append(self._h)
             self._h = _open_handle(parse_location(self.url), writable=self.mode == "r+")
         return self._h
 
@@ -336,6 +403,13 @@ class TargetStore:
         if name not in self.raw_names():
             raise StoreError(f"{self.url}: no stored array {name!r}")
         return self._handle().array(name)
+
+    def raw_arrays(self, names: Sequence[str]) -> list[zarr.Array]:
+        """`raw_array` for several names, opened all at once (one round trip when remote)."""
+        unknown = sorted(set(names) - set(self.raw_names()))
+        if unknown:
+            raise StoreError(f"{self.url}: no stored arrays {unknown}")
+        return self._handle().open_arrays(names)
 
     def stored_bytes(self, name: str) -> int:
         """Bytes of the chunk/shard objects of stored array `name` (checksums and index included)."""
@@ -421,8 +495,8 @@ class TargetStore:
             if overwrite:
                 h.array("written")[sel] = False
                 h.known_written.discard(k)
-            for name, value in payload.items():
-                h.array(name)[sel] = value
+            targets = h.open_arrays(list(payload))
+            _raise_first(sync(_write_arrays(targets, sel, list(payload.values()))))
             h.array("written")[sel] = True  # the commit: only after every array of the shard
         h.known_written.add(k)
 
@@ -454,20 +528,48 @@ class TargetStore:
                 missing,
             )
         uniq, inverse = np.unique(idx, return_inverse=True)
-        return {name: self._read_one(h, name, uniq)[inverse] for name in names}
+        stored = self._fetch(h, names, uniq)
+        out = {}
+        for name in names:
+            with self._errors(name):
+                out[name] = self._decode(h, name, stored)[inverse]
+        return out
 
-    def _read_one(self, h: _Handle, name: str, idx: np.ndarray) -> np.ndarray:
+    def _stored_names(self, h: _Handle, name: str) -> list[str]:
+        """Stored arrays behind target name `name` (quantized features have a scale array)."""
         top = name.partition("/")[0]
-        with self._errors(name):
-            values = np.asarray(h.array(name).oindex[idx])
-            if top in ("features", "features_flip"):
-                scale = None
-                if h.preset.quantized:
-                    scale = np.asarray(h.array(scale_array_name(name)).oindex[idx])
-                return decode_features(values, scale, h.preset)
-            if top in ("attention", "attention_flip"):
-                return decode_attention(values)
-            return np.array(values.tolist(), dtype=np.str_) if name in META_NAMES else values
+        if top in ("features", "features_flip") and h.preset.quantized:
+            return [name, scale_array_name(name)]
+        return [name]
+
+    def _fetch(self, h: _Handle, names: Sequence[str], idx: np.ndarray) -> dict[str, np.ndarray]:
+        """Samples `idx` of every stored array behind `names`, all arrays at once.
+
+        The reads are gathered on zarr's event loop, so a remote backend overlaps their round
+        trips (bounded by its connection pool); every read runs to its end, then the first
+        failure is raised as a one-line StoreError naming its array.
+        """
+        stored = list(dict.fromkeys(s for name in names for s in self._stored_names(h, name)))
+        with self._errors(", ".join(stored)):
+            arrays = h.open_arrays(stored)
+        results = sync(_read_arrays(arrays, idx))
+        out: dict[str, np.ndarray] = {}
+        for name, result in zip(stored, results, strict=True):
+            if isinstance(result, BaseException):
+                with self._errors(name):
+                    raise result
+            out[name] = np.asarray(result)
+        return out
+
+    def _decode(self, h: _Handle, name: str, stored: Mapping[str, np.ndarray]) -> np.ndarray:
+        top = name.partition("/")[0]
+        values = stored[name]
+        if top in ("features", "features_flip"):
+            scale = stored[scale_array_name(name)] if h.preset.quantized else None
+            return decode_features(values, scale, h.preset)
+        if top in ("attention", "attention_flip"):
+            return decode_attention(values)
+        return np.array(values.tolist(), dtype=np.str_) if name in META_NAMES else values
 
     def _indices(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         idx = np.asarray(indices)
@@ -503,6 +605,27 @@ class TargetStore:
             raise StoreError(
                 f"{self.url}: cannot read {name} ({e}); run `md store verify {self.url}` to find the bad shard"
             ) from None
+
+
+async def _write_arrays(
+    arrays: Sequence[zarr.Array], sel: slice, values: Sequence[np.ndarray]
+) -> list[Any]:
+    """Write `values` at `sel` of every array, concurrently; failures returned in place."""
+    writes = [a.async_array.setitem(sel, v) for a, v in zip(arrays, values, strict=True)]
+    return await asyncio.gather(*writes, return_exceptions=True)
+
+
+def _raise_first(results: Sequence[Any]) -> None:
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
+async def _read_arrays(arrays: Sequence[zarr.Array], idx: np.ndarray) -> list[Any]:
+    """Orthogonal reads of samples `idx` from every array, concurrently; an array's failure is
+    returned in its place (no read is left running when the caller raises)."""
+    reads = [a.async_array.get_orthogonal_selection((idx,)) for a in arrays]
+    return await asyncio.gather(*reads, return_exceptions=True)
 
 
 def _encode_shard(

@@ -5,6 +5,8 @@ Checks, in order: the zip manifest (packed stores), array metadata against the s
 written shard every stored array is read (crc32c checksums, missing objects) and checked for
 NaN/Inf (features, scales) and empty/duplicate sample ids. A failing shard is re-read sample
 by sample so the report names the bad samples. Unwritten shards are reported, not read.
+A backend failure (no credentials, endpoint unreachable: `StoreAccessError`) is no finding
+about the data: it is raised, not reported shard by shard.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
 
-from md.stores.backends import MissingChunkError, parse_location
+from md.stores.backends import MissingChunkError, StoreAccessError, parse_location
 from md.stores.codecs import decode_features
 from md.stores.pack import check_manifest
 from md.stores.schema import ArraySpec, scale_array_name
@@ -52,7 +54,10 @@ class VerifyReport:
 
 
 def verify(url: str | os.PathLike[str]) -> VerifyReport:
-    """Verify the store at `url` (directory or packed zip). Raises StoreError if unopenable."""
+    """Verify the store at `url` (directory, packed zip or fsspec URL such as s3://).
+
+    Raises StoreError if it cannot be opened or the backend fails (StoreAccessError).
+    """
     loc = parse_location(url)
     report = VerifyReport(loc.url)
     if loc.kind == "zip":
@@ -60,6 +65,12 @@ def verify(url: str | os.PathLike[str]) -> VerifyReport:
             report.add(f"manifest: {problem}")
     with open_store(url, mode="r") as ts:
         report.samples, report.num_shards = ts.n, ts.num_shards
+        try:
+            ts.raw_arrays(ts.raw_names())  # open every array at once (else one by one below)
+        except StoreAccessError:
+            raise
+        except Exception:
+            pass  # an array that does not open is reported by _check_metadata
         specs = [s for s in ts.schema.stored_arrays() if _check_metadata(ts, s, report)]
         report.missing_shards = ts.missing_shards()
         if report.missing_shards:
@@ -77,6 +88,8 @@ def verify(url: str | os.PathLike[str]) -> VerifyReport:
 def _check_metadata(ts: TargetStore, spec: ArraySpec, report: VerifyReport) -> bool:
     try:
         arr = ts.raw_array(spec.name)
+    except StoreAccessError:  # the backend failed, not the data: stop, say why
+        raise
     except Exception as e:  # any failure to open is a finding, not a crash
         report.add(f"{spec.name}: cannot open array ({type(e).__name__}: {e})")
         return False
@@ -108,6 +121,8 @@ def _check_shard(ts: TargetStore, spec: ArraySpec, k: int, report: VerifyReport)
     report.chunks_checked += len(rng) if spec.sharded else 1
     try:
         values = arr[rng.start : rng.stop]
+    except StoreAccessError:
+        raise
     except Exception as e:
         _locate_bad_samples(ts, arr, spec, k, e, report)
         return
@@ -125,6 +140,8 @@ def _bad_values(ts: TargetStore, spec: ArraySpec, k: int, values: np.ndarray) ->
             try:
                 rng = ts.shard_range(k)
                 scale = np.asarray(ts.raw_array(scale_array_name(spec.name))[rng.start : rng.stop])
+            except StoreAccessError:
+                raise
             except Exception:
                 return []  # the scale array's own check reports it
         values = decode_features(values, scale, ts.preset)
@@ -153,6 +170,8 @@ def _locate_bad_samples(
     for i in rng:
         try:
             arr[i : i + 1]
+        except StoreAccessError:
+            raise
         except Exception:
             bad.append(i)
     if not bad or len(bad) == len(rng):
@@ -174,6 +193,8 @@ def _named(ts: TargetStore, indices: list[int]) -> str:
     try:
         ids = np.asarray(ts.raw_array("sample_id").oindex[np.asarray(indices)]).tolist()
         return ", ".join(f"{i} ({s})" for i, s in zip(indices, ids, strict=True))
+    except StoreAccessError:
+        raise
     except Exception:
         return ", ".join(str(i) for i in indices)
 
@@ -184,6 +205,8 @@ def _check_ids(ts: TargetStore, written: list[int], report: VerifyReport) -> Non
         rng = ts.shard_range(k)
         try:
             ids = np.asarray(ts.raw_array("sample_id")[rng.start : rng.stop]).tolist()
+        except StoreAccessError:
+            raise
         except Exception:
             continue  # reported by the per-array check
         for i, sid in zip(rng, ids, strict=True):
