@@ -12,6 +12,7 @@ from md.errors import StoreError
 from md.stores.codecs import (
     PRESETS,
     compact_error_bound,
+    cosine_per_sample,
     decode_attention,
     decode_features,
     decode_scale,
@@ -20,6 +21,7 @@ from md.stores.codecs import (
     encode_scale,
     get_preset,
     measure_fidelity,
+    preset_of_store,
 )
 
 # 4 samples of a C3-like map: big enough chunks for zstd to reach its steady ratio.
@@ -43,8 +45,15 @@ def test_lossless_is_fp16_rounding_only(feats: np.ndarray) -> None:
     assert fid.max_abs_error <= float(np.abs(feats).max()) * 2**-11
 
 
-def test_compact_meets_its_targets(feats: np.ndarray) -> None:
-    p = get_preset("compact")
+# (preset, cosine floor, ratio floor vs float32) on these maps; compact aims at >= 8x (issue 6)
+COMPACT_TARGETS = [("compact", 0.997, 8.0), ("compact-fine", 0.999, 6.0)]
+
+
+@pytest.mark.parametrize(("name", "min_cosine", "min_ratio"), COMPACT_TARGETS)
+def test_compact_meets_its_targets(
+    feats: np.ndarray, name: str, min_cosine: float, min_ratio: float
+) -> None:
+    p = get_preset(name)
     stored, scale = encode_features(feats, p)
     assert stored.dtype == np.uint8 and scale is not None and scale.shape == SHAPE[:2]
     back = decode_features(stored, scale, p)
@@ -52,17 +61,34 @@ def test_compact_meets_its_targets(feats: np.ndarray) -> None:
     assert (np.abs(back - feats) <= bound * (1 + 1e-5)).all()
     assert (back[feats == 0] == 0).all()  # half of a post-ReLU map is exact zeros
     fid = measure_fidelity(feats, p)
-    assert fid.cosine_min >= 0.999
-    assert fid.ratio_vs_float32 >= 6.0  # aim 8x (reached on full-size maps), floor 6x
-    assert json.loads(json.dumps(fid.to_json()))["preset"] == "compact"
+    assert fid.cosine_min >= min_cosine
+    assert fid.ratio_vs_float32 >= min_ratio
+    assert json.loads(json.dumps(fid.to_json()))["preset"] == name
 
 
-def test_compact_keeps_cosine_on_heavy_tails() -> None:
-    # Much heavier tail than GAFF's (max/rms ~ 30): a uniform 64-step grid drops below 0.999.
+@pytest.mark.parametrize(("name", "min_cosine"), [("compact", 0.996), ("compact-fine", 0.999)])
+def test_compact_keeps_cosine_on_heavy_tails(name: str, min_cosine: float) -> None:
+    # Much heavier tail than GAFF's (max/rms ~ 30): a uniform grid of as many levels falls
+    # below the floor; square-root steps hold it.
     rng = np.random.default_rng(1)
     g = np.maximum(rng.standard_normal(SHAPE), 0)
     x = (g * np.exp(1.5 * rng.standard_normal(SHAPE))).astype(np.float32)
-    assert measure_fidelity(x, "compact").cosine_min >= 0.999
+    assert measure_fidelity(x, name).cosine_min >= min_cosine
+    steps = get_preset(name).steps
+    a = decode_scale(encode_scale(np.abs(x).max(axis=(2, 3))))[..., None, None]
+    uniform = np.rint(np.clip(x / np.where(a > 0, a, 1), 0, 1) * 2 * steps) / (2 * steps) * a
+    assert cosine_per_sample(x, uniform).min() < min_cosine
+
+
+def test_a_store_decodes_with_the_preset_it_was_written_with() -> None:
+    # compact had 31 steps per sign in md 0.1.0: such a store keeps decoding with 31
+    old = {**get_preset("compact-fine").to_json(), "name": "compact"}
+    assert preset_of_store(old, "compact").steps == 31
+    assert preset_of_store(None, "compact") == get_preset("compact")
+    with pytest.raises(StoreError, match="unknown to this md"):
+        preset_of_store({**old, "quantization": "lloyd-max"}, "compact")
+    with pytest.raises(StoreError, match="damaged"):
+        preset_of_store({"name": "compact", "steps": "x"}, "compact")
 
 
 def test_compact_handles_signed_and_all_zero_channels() -> None:

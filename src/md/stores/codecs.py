@@ -5,17 +5,29 @@ Presets (every stored chunk is ``zstd`` then ``crc32c``, so shipped bytes are ch
 - ``lossless``: features as float16; the only loss is fp16 rounding (relative error
   <= 2**-11, absolute <= 2**-25 below the fp16 normal range). Values beyond +-65504 are refused.
 - ``compact``: features as uint8 codes of a square-root companded quantizer per sample and
-  channel. The channel's max ``|x|`` is rounded *up* to a log grid, ``a = 2**((k - 128) / 8)``,
-  and its code ``k`` (uint8; 0 = all-zero channel) is kept in the side array
-  ``feature_scale/L`` [N, C]. Then ``q = 31 + round(31 * sign(x) * sqrt(|x| / a))`` in [0, 62]
-  and ``x ~= a * sign(t) * t**2`` with ``t = (q - 31) / 31``. Zeros (half of a post-ReLU map)
-  are exact; the error is at most ``max|x| * 2**(1/8) * (1/31 + 1/(4 * 31**2))``, smallest
-  near zero where most values are. Why these numbers (measured on a cpu-demo teacher's real
-  features, docs/benchmarks.md): 63 steps per sign gave cosine 0.99985 but only 4.5-5.7x;
-  31 steps keep cosine >= 0.9993 and the one-byte scale matters on small maps (a float32 scale
-  was 22% of a 128x4x5 map's bytes). Square-root steps keep the cosine >= 0.999 on heavy tails
-  where a uniform grid of the same size does not. zstd level 1 beats levels 3-15 on such
-  noise-like codes.
+  channel, 15 steps per sign. The channel's max ``|x|`` is rounded *up* to a log grid,
+  ``a = 2**((k - 128) / 8)``, and its code ``k`` (uint8; 0 = all-zero channel) is kept in the
+  side array ``feature_scale/L`` [N, C]. Then ``q = S + round(S * sign(x) * sqrt(|x| / a))``
+  in [0, 2S] and ``x ~= a * sign(t) * t**2`` with ``t = (q - S) / S``. Zeros (a post-ReLU
+  map has many) are exact; the error is at most ``max|x| * 2**(1/8) * (1/S + 1/(4 * S**2))``,
+  smallest near zero where most values are.
+- ``compact-fine``: the same with S = 31 steps per sign.
+
+Why these numbers (measured on a cpu-demo teacher's real features, docs/benchmarks.md): zstd
+already codes these noise-like codes at their order-0 entropy (delta or bit-shuffle filters
+made them larger), so bytes follow the number of steps: 31 steps give cosine >= 0.9993 at
+6.2-7.0x vs float32, 15 steps 8.3x over the features with cosine >= 0.997, and MD students
+trained from the two (and from lossless) land within seed noise of each other
+(docs/benchmarks.md), so ``compact`` is the 15-step preset that meets the >= 8x target.
+On those features a uniform grid of the same bytes did as well (47 levels: 6.8x, cosine
+0.99945 vs 31 square-root steps: 7.0x, 0.99939 at c3); square-root steps are kept because
+on heavy tails they hold the cosine where a uniform grid of as many levels does not
+(tests/stores/test_codecs.py). The one-byte log-grid scale matters on small maps (a float32 scale was 22%
+of a 128x4x5 map's bytes). zstd level 1 beats levels 3-15 on such codes.
+
+A store decodes with the preset parameters recorded in its ``codec`` attribute
+(`preset_of_store`), so stores written with an earlier ``compact`` (31 steps, md 0.1.0)
+still decode exactly.
 
 Attention masks in [0, 1] are stored as ``round(m * 255)`` uint8 (error <= 1/510).
 
@@ -73,10 +85,19 @@ PRESETS: dict[str, CodecPreset] = {
         name="compact",
         feature_dtype="uint8",
         quantization="sqrt-uint8-per-sample-channel, log2-uint8 scale (1/8 octave)",
+        steps=15,
+        zstd_level=1,
+        description="uint8 sqrt-companded codes (15 steps per sign) per sample and channel, "
+        "scale code in feature_scale/L; zstd",
+    ),
+    "compact-fine": CodecPreset(
+        name="compact-fine",
+        feature_dtype="uint8",
+        quantization="sqrt-uint8-per-sample-channel, log2-uint8 scale (1/8 octave)",
         steps=31,
         zstd_level=1,
-        description="uint8 sqrt-companded codes per sample and channel, scale code in "
-        "feature_scale/L; zstd",
+        description="uint8 sqrt-companded codes (31 steps per sign) per sample and channel, "
+        "scale code in feature_scale/L; zstd",
     ),
 }
 
@@ -88,6 +109,41 @@ def get_preset(name: str) -> CodecPreset:
         raise StoreError(
             f"unknown codec preset {name!r}; choose one of {sorted(PRESETS)}"
         ) from None
+
+
+_QUANTIZATIONS = ("none", "sqrt-uint8-per-sample-channel")
+
+
+def preset_of_store(codec_attrs: Any, name: str) -> CodecPreset:
+    """The preset a store was *written* with, from its ``codec`` attribute.
+
+    A store decodes with the parameters recorded in it, not with today's preset of the same
+    name, so a store written before a preset changed (``compact`` had 31 steps per sign up to
+    md 0.1.0) still decodes exactly. Falls back to the named preset when the record is absent.
+    """
+    if not isinstance(codec_attrs, dict) or codec_attrs.get("name") != name:
+        return get_preset(name)
+    try:
+        preset = CodecPreset(
+            name=str(codec_attrs["name"]),
+            feature_dtype=str(codec_attrs["feature_dtype"]),
+            quantization=str(codec_attrs["quantization"]),
+            steps=int(codec_attrs["steps"]),
+            zstd_level=int(codec_attrs["zstd_level"]),
+            description=str(codec_attrs.get("description", "")),
+        )
+    except (KeyError, TypeError, ValueError):
+        raise StoreError(
+            f"the store's codec record {codec_attrs!r} is damaged; re-create the store"
+        ) from None
+    if not preset.quantization.startswith(_QUANTIZATIONS) or (
+        preset.quantized and not 1 <= preset.steps <= 127
+    ):
+        raise StoreError(
+            f"the store uses codec {preset.quantization!r} (steps {preset.steps}), unknown to "
+            "this md; upgrade md"
+        )
+    return preset
 
 
 def encode_features(x: np.ndarray, preset: CodecPreset) -> tuple[np.ndarray, np.ndarray | None]:

@@ -55,6 +55,7 @@ from md.stores.codecs import (
     encode_attention,
     encode_features,
     get_preset,
+    preset_of_store,
 )
 from md.stores.schema import SCHEMA_VERSION, ArraySpec, LevelSpec, StoreSchema, scale_array_name
 
@@ -289,11 +290,13 @@ def _open_handle(loc: Location, writable: bool) -> _Handle:
             raise StoreError(
                 f"cannot open store at {loc.url} ({type(e).__name__}): is it an md store?"
             ) from None
-        schema = _read_schema(loc, group.attrs.asdict())
+        attrs = group.attrs.asdict()
+        schema = _read_schema(loc, attrs)
+        preset = preset_of_store(attrs.get("codec"), schema.codec)  # as written, not as today
     except BaseException:
         store.close()
         raise
-    return _Handle(os.getpid(), loc, store, group, schema, get_preset(schema.codec))
+    return _Handle(os.getpid(), loc, store, group, schema, preset)
 
 
 def _read_schema(loc: Location, attrs: Mapping[str, Any]) -> StoreSchema:
