@@ -178,12 +178,29 @@ def loader(data: str | None, teacher: str | None, store: str | None, task: str, 
 @click.option("--shard-size", type=int, default=16, show_default=True, help="Store shard size.")
 @click.option("--repeats", type=int, default=3, show_default=True,
               help="Interleaved rounds (the best of each is kept).")
+@click.option("--dask-workers", default="", show_default=False,
+              help="Also time Dask runs on local clusters of these worker counts, e.g. 1,2 "
+                   "(adds a 'dask' section: samples/s vs the single process).")
 @_threads
 def cache(data: str | None, teacher: str | None, store: str | None, task: str, device: str,
-          as_json: bool, batch_size: int, shard_size: int, repeats: int) -> None:
-    """md cache-teacher samples/s vs the teacher's forward-only samples/s."""
-    from md.bench.cache import bench_cache
+          as_json: bool, batch_size: int, shard_size: int, repeats: int,
+          dask_workers: str) -> None:
+    """md cache-teacher samples/s vs the teacher's forward-only samples/s (and, with
+    --dask-workers, vs Dask runs of 1, 2, ... worker processes)."""
+    from md.bench.cache import bench_cache, bench_cache_dask
 
+    try:
+        counts = [int(w) for w in dask_workers.split(",") if w.strip()]
+    except ValueError:
+        raise click.BadParameter("comma-separated worker counts, e.g. 1,2",
+                                 param_hint="--dask-workers") from None
+    if any(n < 1 for n in counts):
+        raise click.BadParameter("worker counts must be >= 1", param_hint="--dask-workers")
     with _setup(data, teacher, store, task, need_store=False) as s:
-        _emit(bench_cache(s.teacher, s.data, batch_size=batch_size, shard_size=shard_size,
-                          repeats=repeats, device=device), s)
+        report = bench_cache(s.teacher, s.data, batch_size=batch_size, shard_size=shard_size,
+                             repeats=repeats, device=device)
+        if counts:
+            report["dask"] = bench_cache_dask(s.teacher, s.data, batch_size=batch_size,
+                                              shard_size=shard_size, workers=counts,
+                                              repeats=repeats, device=device)
+        _emit(report, s)

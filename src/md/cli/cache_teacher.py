@@ -82,6 +82,23 @@ from md.config import resolve_config
 )
 @click.option("--num-workers", type=int, default=None, help="DataLoader processes [0].")
 @click.option(
+    "--scheduler",
+    default=None,
+    help="Run one Dask task per shard on the cluster of this scheduler (tcp://HOST:8786).",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Run one Dask task per shard on a local cluster of N worker processes (1 thread each).",
+)
+@click.option(
+    "--resources",
+    default=None,
+    help="Dask resources every shard task needs, e.g. GPU=1 (start workers with "
+    "`dask worker ADDRESS --resources GPU=1`).",
+)
+@click.option(
     "--config",
     "config_file",
     type=click.Path(dir_okay=False),
@@ -101,7 +118,9 @@ def cache_teacher(
     """Cache a teacher's fused features and attention masks into a store.
 
     Runs the teacher once over the split; each finished shard is marked written, so an
-    interrupted run resumes when rerun. OVERRIDES are key=value config fields.
+    interrupted run resumes when rerun. With --scheduler or --workers, this process creates
+    the store and each unwritten shard runs as one Dask task (teacher and data paths must be
+    the same on every worker; --device applies there). OVERRIDES are key=value config fields.
     """
     from md.teacher_cache import CacheConfig, run
 
@@ -128,12 +147,19 @@ def cache_teacher(
 
 def summary_lines(s: dict[str, Any]) -> list[str]:
     """Human summary; the last line lists the stored bytes per sample of every array."""
+    dask = s.get("dask")
     if s["shards_written"]:
+        on = (
+            f"{dask['workers_used']} Dask workers ({s['device']}) of {dask['scheduler']}"
+            if dask
+            else s["device"]
+        )
+        per = " per worker" if dask else ""
         lines = [
             f"wrote {s['shards_written']} shards ({s['samples_written']} samples, "
             f"{s['megabytes_written']:.1f} MB) to {s['store']} in {s['seconds']:.1f} s on "
-            f"{s['device']} ({s['samples_per_s']:.1f} samples/s; teacher forward alone "
-            f"{s['forward_samples_per_s']:.1f} samples/s); {s['shards_skipped']} finished "
+            f"{on} ({s['samples_per_s']:.1f} samples/s; teacher forward alone "
+            f"{s['forward_samples_per_s']:.1f} samples/s{per}); {s['shards_skipped']} finished "
             "shards skipped"
         ]
     else:

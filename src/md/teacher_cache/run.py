@@ -4,6 +4,11 @@
 provenance -> open or create the store (resume / refuse) -> `cache_shards` over the unwritten
 shards (teacher here, a writer thread encoding and writing) -> run attributes -> summary.
 
+With ``scheduler`` or ``workers`` this process is the coordinator of a Dask run
+(`md.teacher_cache.cluster`): it creates or validates the store exactly as above, the
+unwritten shards run as one task each on the workers, and the run attributes are written
+last, once every task is done, after which the store must be complete.
+
 What lies in the store: per fused level L ``features/L`` (fused features, MD eq. 2) and
 ``attention/L`` (teacher mask, eq. 3), ``sample_id``, ``group``, ``written``; with
 ``flip_views`` ``features_flip/L`` / ``attention_flip/L``; with ``bundle_inputs``
@@ -43,9 +48,9 @@ from md.stores import (
     segmentation_extras,
 )
 from md.stores.info import info
+from md.teacher_cache.cluster import DaskRun, cache_on_dask, make_job, parse_resources
 from md.teacher_cache.provenance import explain_refusal, identity_attrs
 from md.teacher_cache.shards import ShardOptions, ShardStats, cache_shards
-from md.teacher_cache.writer import Shard
 from md.train.checkpoint import file_sha256
 from md.train.recipe import resolve_device
 
@@ -68,8 +73,15 @@ class CacheConfig:
     amp: Literal["none", "bf16"] = "none"  # bf16 autocast of the teacher (default full fp32)
     num_workers: int = 0  # DataLoader processes reading images
     max_queued: int = 2  # computed shards waiting for the writer (memory bound)
-    stop_after_shards: int = 0  # stop after N shards of this invocation (rerun resumes); 0 = off
+    # Stop after N shards of this invocation (rerun resumes); 0 = off. With Dask: only the
+    # first N unwritten shards are submitted.
+    stop_after_shards: int = 0
     progress: bool = True  # progress bar on stderr
+    # Dask scale-out (md.teacher_cache.cluster): one task per shard; `device` applies on workers.
+    scheduler: str = ""  # address of a running Dask scheduler, e.g. tcp://HOST:8786
+    workers: int = 0  # > 0: start a local Dask cluster of N worker processes, 1 thread each
+    resources: str = ""  # Dask resources every shard task needs, e.g. GPU=1 (workers offer them)
+    dask_timeout_s: float = 30.0  # seconds to reach the scheduler / to be without any worker
 
 
 def run(cfg: CacheConfig) -> dict[str, Any]:
@@ -84,14 +96,16 @@ def run(cfg: CacheConfig) -> dict[str, Any]:
             f"({ds.layout} layout, {ds.task}); use a {ds.task} teacher"
         )
     device = resolve_device(cfg.device)
-    teacher.to(device)
+    if not uses_dask(cfg):  # with Dask the teacher runs on the workers; here it sizes the schema
+        teacher.to(device)
     opts = shard_options(cfg, teacher, ds)
     schema = build_schema(teacher, len(ds), cfg, opts)
+    teacher_sha256 = file_sha256(cfg.teacher)
     attrs = identity_attrs(
         schema=schema,
         strides=teacher.strides,
         ckpt=ckpt,
-        teacher_sha256=file_sha256(cfg.teacher),
+        teacher_sha256=teacher_sha256,
         fingerprint=dataset_fingerprint(ds),
         sample_ids=[s.id for s in ds.samples],
         split=cfg.split,
@@ -102,18 +116,66 @@ def run(cfg: CacheConfig) -> dict[str, Any]:
     )
     store = open_target_store(cfg, schema, attrs)
     todo = store.missing_shards()
-    bar, on_written = _progress(cfg, schema, todo)
+    bar, add = _progress(cfg, schema, todo)
+    dask_run: DaskRun | None = None
     t0 = time.perf_counter()
     try:
-        stats = cache_shards(teacher, ds, store, todo, opts, on_written=on_written)
+        if uses_dask(cfg):
+            dask_run = _run_on_dask(cfg, ds, store, opts, teacher_sha256, todo, bar, add)
+            stats = dask_run.stats
+        else:
+            stats = cache_shards(teacher, ds, store, todo, opts,
+                                 on_written=lambda shard, nbytes: add(len(shard.sample_ids), nbytes))  # fmt: skip
     finally:
         bar.close()
-    seconds = time.perf_counter() - t0
-    summary = _summary(cfg, store, stats, seconds, len(todo), device)
+    seconds = dask_run.seconds if dask_run else time.perf_counter() - t0
+    summary = _summary(cfg, store, stats, seconds, len(todo), device, dask_run)
     if stats.shards:  # a no-op rerun leaves the record of the run that did the work
-        store.set_attrs({"last_run": _run_attrs(cfg, summary)})
+        store.set_attrs({"last_run": _run_attrs(cfg, summary)})  # last: after every shard
+    if dask_run is not None:
+        _check_dask_complete(store, dask_run.shards)
     store.close()
     return summary
+
+
+def _run_on_dask(
+    cfg: CacheConfig,
+    ds: PairedDataset,
+    store: TargetStore,
+    opts: ShardOptions,
+    teacher_sha256: str,
+    todo: list[int],
+    bar: tqdm,
+    add: Callable[[int, int], None],
+) -> DaskRun:
+    """This process as the coordinator: one Dask task per unwritten shard (the first
+    ``stop_after_shards`` of them if set); no cluster is started when nothing is left. The
+    bar's clock starts once the cluster is up and stops before it closes: its samples/s is
+    the tasks' rate."""
+    shards = todo[: cfg.stop_after_shards] if cfg.stop_after_shards else todo
+    if not shards:
+        return DaskRun(shards=[], stats=ShardStats(), seconds=0.0, startup_seconds=0.0,
+                       scheduler=cfg.scheduler, workers=0)  # fmt: skip
+    job = make_job(cfg.teacher, teacher_sha256, cfg.data, cfg.split, ds, store, cfg.device, opts)
+    return cache_on_dask(
+        job, shards, scheduler=cfg.scheduler, workers=cfg.workers, resources=cfg.resources,
+        timeout_s=cfg.dask_timeout_s, on_start=bar.unpause, on_shard=add, on_done=bar.close,
+    )  # fmt: skip
+
+
+def uses_dask(cfg: CacheConfig) -> bool:
+    """Whether this run is a Dask run (one task per shard on a cluster)."""
+    return bool(cfg.scheduler or cfg.workers)
+
+
+def _check_dask_complete(store: TargetStore, submitted: list[int]) -> None:
+    """Every shard a task reported done must read as written now, in a fresh read."""
+    lost = sorted(set(submitted) & set(store.missing_shards()))
+    if lost:
+        raise StoreError(
+            f"{store.url}: shards {lost} read as unwritten although their Dask tasks finished "
+            "(do the workers write to the same store as this process?); rerun to resume"
+        )
 
 
 def _check_config(cfg: CacheConfig) -> None:
@@ -134,6 +196,28 @@ def _check_config(cfg: CacheConfig) -> None:
         raise ConfigError("--thermal-factor only applies to bundled inputs; add --bundle-inputs")
     if cfg.thermal_factor:
         thermal_side_divisor(cfg.thermal_factor)
+    _check_dask_config(cfg)
+
+
+def _check_dask_config(cfg: CacheConfig) -> None:
+    if cfg.scheduler and cfg.workers:
+        raise ConfigError(
+            "pass --scheduler (an existing Dask cluster) or --workers N (a local one), not both"
+        )
+    if cfg.workers < 0:
+        raise ConfigError(f"--workers must be >= 1 (got {cfg.workers}); 0 runs without Dask")
+    if not uses_dask(cfg):
+        if cfg.resources:
+            raise ConfigError("--resources only applies to Dask runs; add --scheduler or --workers")
+        return
+    if cfg.num_workers:
+        raise ConfigError(
+            "--num-workers (DataLoader processes) cannot run inside Dask workers; drop it "
+            "and add Dask workers instead (--workers N, or more `dask worker` processes)"
+        )
+    if cfg.dask_timeout_s <= 0:
+        raise ConfigError(f"dask_timeout_s must be > 0 (got {cfg.dask_timeout_s})")
+    parse_resources(cfg.resources)
 
 
 def shard_options(cfg: CacheConfig, teacher: TwoStreamTeacher, ds: PairedDataset) -> ShardOptions:
@@ -155,20 +239,20 @@ def shard_options(cfg: CacheConfig, teacher: TwoStreamTeacher, ds: PairedDataset
 
 def _progress(
     cfg: CacheConfig, schema: StoreSchema, todo: list[int]
-) -> tuple[tqdm, Callable[[Shard, int], None]]:
-    """A samples/s progress bar (finished shards pre-counted) and the writer's callback,
-    which adds each written shard's samples and megabytes."""
+) -> tuple[tqdm, Callable[[int, int], None]]:
+    """A samples/s progress bar (finished shards pre-counted) and `add(samples, nbytes)`,
+    called per written shard (on the writer thread, or as Dask results come in)."""
     done = schema.n - sum(len(schema.shard_range(k)) for k in todo)
     bar = tqdm(total=schema.n, initial=done, desc="cache-teacher", unit="sample",
                disable=not cfg.progress, dynamic_ncols=True)  # fmt: skip
     megabytes = [0.0]
 
-    def on_written(shard: Shard, nbytes: int) -> None:  # runs on the writer thread
+    def add(samples: int, nbytes: int) -> None:
         megabytes[0] += nbytes / 1e6
         bar.set_postfix_str(f"{megabytes[0]:.1f} MB written", refresh=False)
-        bar.update(len(shard.sample_ids))
+        bar.update(samples)
 
-    return bar, on_written
+    return bar, add
 
 
 def load_teacher(path: str | Path) -> tuple[TwoStreamTeacher, dict[str, Any]]:
@@ -288,9 +372,13 @@ def _summary(
     seconds: float,
     todo: int,
     device: torch.device,
+    dask_run: DaskRun | None = None,
 ) -> dict[str, Any]:
-    """Run summary: counts, timings, and per stored array the bytes per written sample."""
+    """Run summary: counts, timings, and per stored array the bytes per written sample.
+    Dask runs add ``dask`` (scheduler, workers, startup seconds); their ``device`` is the
+    workers' and ``forward_samples_per_s`` is per worker."""
     report = info(store.url)
+    where = (",".join(dask_run.devices) or cfg.device) if dask_run else str(device)
     return {
         "store": store.url,
         "samples": store.n,
@@ -306,8 +394,9 @@ def _summary(
             stats.samples / stats.forward_seconds if stats.forward_seconds > 0 else None
         ),
         "bytes_per_sample": report["bytes_per_sample"],
-        "device": str(device),
+        "device": where,
         "codec": cfg.codec,
+        "dask": dask_run.to_json() if dask_run else None,
     }
 
 
@@ -322,4 +411,5 @@ def _run_attrs(cfg: CacheConfig, summary: dict[str, Any]) -> dict[str, Any]:
         "complete": summary["complete"],
         "shards_written": summary["shards_written"],
         "samples_per_s": summary["samples_per_s"],
+        "dask": summary["dask"],
     }
