@@ -29,7 +29,8 @@ from md.config import resolve_config
 @click.option(
     "--store",
     default=None,
-    help="Store to write: a directory (e.g. train.zarr); resumed if it exists.",
+    help="Store to write: a directory (e.g. train.zarr) or a URL (s3://bucket/run.zarr); "
+    "resumed if it exists.",
 )
 @click.option(
     "--levels",
@@ -38,9 +39,10 @@ from md.config import resolve_config
 )
 @click.option(
     "--codec",
-    type=click.Choice(["lossless", "compact"]),
+    type=click.Choice(["lossless", "compact", "compact-fine"]),
     default=None,
-    help="Feature codec: lossless (fp16) or compact (uint8, ~8x smaller) [lossless].",
+    help="Feature codec: lossless (fp16, ~2.4x smaller than fp32), compact (uint8, 15 steps, "
+    "~8x) or compact-fine (uint8, 31 steps, ~6.7x) [lossless].",
 )
 @click.option(
     "--shard-size",
