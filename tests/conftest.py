@@ -12,6 +12,11 @@ from click.testing import CliRunner
 
 from md.cli import main
 
+# The S3 server fixtures are defined once, here, for the whole session: two definitions (one per
+# test folder) started two servers, and fsspec's cached S3 client, which does not notice a
+# changed AWS_ENDPOINT_URL, kept talking to the first one.
+from tests.s3server import s3_bucket, s3_env, s3_server  # noqa: F401 (fixtures)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import one_torch_thread, run_cli
-from tests.s3server import s3_bucket, s3_env, s3_server  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(autouse=True)

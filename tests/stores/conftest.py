@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 from contract import build_local, tiny_schema
 
-from tests.s3server import s3_bucket, s3_env, s3_server  # noqa: F401 (fixtures)
-
 
 @pytest.fixture
 def local_store(tmp_path: Path) -> Path:
