@@ -267,7 +267,7 @@ def _fig4_rows(records: list[dict[str, Any]], cfg: DemoConfig, data: str,
         batch = collate([ds[i]])
         (x,) = model_inputs(model, "student", batch, tf)
         with torch.inference_mode():
-            s = model(x)
+            s = model(x, side_outputs=True)
         t = store.read([i], [f"features/{level}", f"attention/{level}"])
         t_feat = torch.from_numpy(t[f"features/{level}"])  # (1, C, h, w)
         weights = FocalMSELoss().weights(s["features"][level], t_feat)[0]  # (h, w)

@@ -138,6 +138,22 @@ def test_student_head_input_options(head_input: str) -> None:
     assert all(p.grad is not None for p in student.attention_transfer.parameters())
 
 
+def test_trunk_head_student_skips_side_modules_at_inference() -> None:
+    # head_input=trunk: the deployed student is the image-level network (paper runtime);
+    # the prediction is the same with or without the side outputs
+    student = OneStreamStudent("segmentation", width=WIDTH, head_input="trunk").eval()
+    x = _student_input(_batch("segmentation"), 6)
+    with torch.no_grad():
+        fast, full = student(x), student(x, side_outputs=True)
+    assert fast["features"] == {} and fast["masks"] == {}
+    assert set(full["features"]) == set(full["masks"]) == {"c3", "c4", "c5"}
+    torch.testing.assert_close(fast["pred"], full["pred"])
+    assert set(student.train()(x)["masks"]) == {"c3", "c4", "c5"}  # training needs them
+    attended = OneStreamStudent("segmentation", width=WIDTH).eval()
+    with torch.no_grad():
+        assert set(attended(x)["masks"]) == {"c3", "c4", "c5"}  # on its head path
+
+
 def test_semantic_transfer_starts_as_identity() -> None:
     student = OneStreamStudent("segmentation", width=WIDTH).eval()
     x = _student_input(_batch("segmentation"), 6)

@@ -21,7 +21,8 @@ from md.train.teacher import head_kwargs
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def build_models(task: str, width: float, head_channels: int) -> dict[str, nn.Module]:
+def build_models(task: str, width: float, head_channels: int,
+                 head_input: str = "attended") -> dict[str, nn.Module]:
     """{teacher, md_student (6-ch, all levels), visible_only_student (3-ch, no levels)}."""
     num_classes = 9 if task == "segmentation" else 1
     hk = head_kwargs(task, head_channels)
@@ -29,7 +30,8 @@ def build_models(task: str, width: float, head_channels: int) -> dict[str, nn.Mo
         "teacher": build_model("teacher", task, width=width, num_classes=num_classes,
                                head_kwargs=hk),
         "md_student": build_model("student", task, in_channels=6, width=width,
-                                  num_classes=num_classes, head_kwargs=hk),
+                                  num_classes=num_classes, head_kwargs=hk,
+                                  head_input=head_input),
         "visible_only_student": build_model("student", task, in_channels=3, width=width,
                                             levels=(), num_classes=num_classes, head_kwargs=hk),
     }
@@ -49,13 +51,14 @@ def _inputs(name: str, size: tuple[int, int], device: torch.device) -> tuple[tor
 
 
 def bench_latency(*, task: str = "detection", size: tuple[int, int] = (640, 512),
-                  width: float = 1.0, head_channels: int = 128, device: str = "auto",
-                  dtype: str = "float32", warmup: int = 5, repeats: int = 20) -> dict[str, Any]:
+                  width: float = 1.0, head_channels: int = 128, head_input: str = "attended",
+                  device: str = "auto", dtype: str = "float32", warmup: int = 5,
+                  repeats: int = 20) -> dict[str, Any]:
     """``{"models": {name: {median_ms, min_ms, mean_ms, parameters}}, device, dtype, ...}``.
     ``dtype`` other than float32 runs the forward under autocast."""
     dev = resolve_device(device)
     results: dict[str, Any] = {}
-    for name, model in build_models(task, width, head_channels).items():
+    for name, model in build_models(task, width, head_channels, head_input).items():
         model.to(dev).eval()
         args = _inputs(name, size, dev)
 
@@ -68,7 +71,7 @@ def bench_latency(*, task: str = "detection", size: tuple[int, int] = (640, 512)
         model.to("cpu")
     return {
         "benchmark": "latency", "task": task, "image_size": list(size), "batch_size": 1,
-        "width": width, "device": str(dev),
+        "width": width, "md_student_head_input": head_input, "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "dtype": dtype, "torch_threads": torch.get_num_threads(), "models": results,
     }

@@ -108,6 +108,9 @@ def codecs(data: str | None, teacher: str | None, store: str | None, task: str, 
               help="Trunk width (1 = the paper's ResNet-18).")
 @click.option("--head-channels", type=int, default=128, show_default=True,
               help="Neck / PSP channels of the task heads.")
+@click.option("--head-input", type=click.Choice(["attended", "transfer", "trunk"]),
+              default="attended", show_default=True,
+              help="The MD student's head input (trunk: transfer modules are training-only).")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]),
               default="float32", show_default=True, help="Autocast dtype (float32: none).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
@@ -116,13 +119,14 @@ def codecs(data: str | None, teacher: str | None, store: str | None, task: str, 
 @click.option("--threads", type=int, default=0, help="torch CPU threads (0: torch's default).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the only output format).")
 @_threads
-def latency(task: str, size: tuple[int, int], width: float, head_channels: int, dtype: str,
-            device: str, warmup: int, repeats: int, as_json: bool) -> None:
+def latency(task: str, size: tuple[int, int], width: float, head_channels: int, head_input: str,
+            dtype: str, device: str, warmup: int, repeats: int, as_json: bool) -> None:
     """Batch-1 latency of teacher, MD student and visible-only student (untrained)."""
     from md.bench.latency import bench_latency
 
     _emit(bench_latency(task=task, size=size, width=width, head_channels=head_channels,
-                        device=device, dtype=dtype, warmup=warmup, repeats=repeats))
+                        head_input=head_input, device=device, dtype=dtype, warmup=warmup,
+                        repeats=repeats))
 
 
 @bench.command("train-step", context_settings={"ignore_unknown_options": False})

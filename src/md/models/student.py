@@ -23,6 +23,10 @@ How these feed the task head is not stated in the paper; ``head_input`` chooses:
 
 Levels that are not distilled pass the trunk feature unchanged. Distillation losses live
 in ``md.student_train``; ``loss`` here is the task loss only.
+
+With ``"trunk"`` the side modules are training-only: in eval mode ``forward`` skips them
+(``features`` and ``masks`` come back empty unless ``side_outputs=True``), so the deployed
+student costs exactly the image-level network, the paper's runtime column (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -119,14 +123,20 @@ class OneStreamStudent(nn.Module):
         self.out_channels = {lv: ch[lv] for lv in self.levels}
         self.strides = {lv: self.trunk.strides[lv] for lv in self.levels}
 
-    def forward(self, x: Tensor) -> dict[str, Any]:
+    def forward(self, x: Tensor, side_outputs: bool | None = None) -> dict[str, Any]:
         """x (B, 6 or 3, H, W) in [0, 1] -> {"features": {L: semantic-transfer output
-        (B, C_L, H_L, W_L)}, "masks": {L: m_student (B, 1, H_L, W_L)}, "pred": head outputs}."""
+        (B, C_L, H_L, W_L)}, "masks": {L: m_student (B, 1, H_L, W_L)}, "pred": head outputs}.
+
+        ``side_outputs``: compute features/masks; by default always, except in eval mode with
+        ``head_input="trunk"``, where the head does not need them.
+        """
+        if side_outputs is None:
+            side_outputs = self.training or self.head_input != "trunk"
         f = self.trunk(self.norm(x))
         features: dict[str, Tensor] = {}
         masks: dict[str, Tensor] = {}
         head_in = dict(f)
-        for lv in self.levels:
+        for lv in self.levels if side_outputs else ():
             features[lv] = self.semantic_transfer[lv](f[lv])
             masks[lv] = self.attention_transfer[lv](f[lv])
             if self.head_input == "attended":
