@@ -1,4 +1,5 @@
-"""The writer thread and shard batching, on a tiny store without a teacher."""
+"""The shard writers (thread and child process, one contract) and shard batching, on a tiny
+store without a teacher."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import pytest
 from md.errors import StoreError
 from md.stores import LevelSpec, StoreSchema, create_store
 from md.teacher_cache import Shard, ShardWriter, shard_batches
-from md.teacher_cache.writer import shard_stored_bytes
+from md.teacher_cache.writer import ProcessShardWriter, make_writer, shard_stored_bytes
+
+WRITERS = [ShardWriter, ProcessShardWriter]
 
 SCHEMA = StoreSchema(n=10, shard_size=4, levels=(LevelSpec("c3", 2, 4, 4, 8),))
 
@@ -29,10 +32,11 @@ def test_batches_never_cross_a_shard():
     assert shard_batches(SCHEMA, [2, 0], 8) == [[8, 9], [0, 1, 2, 3]]
 
 
-def test_writer_stores_every_submitted_shard_and_counts_bytes(tmp_path):
+@pytest.mark.parametrize("writer", WRITERS)
+def test_writer_stores_every_submitted_shard_and_counts_bytes(tmp_path, writer):
     store = create_store(tmp_path / "s.zarr", SCHEMA)
     seen = []
-    with ShardWriter(store, max_queued=1, on_written=lambda s, b: seen.append((s.index, b))) as w:
+    with writer(store, max_queued=1, on_written=lambda s, b: seen.append((s.index, b))) as w:
         for k in (2, 0, 1):
             w.submit(shard(k))
     assert store.is_complete() and [k for k, _ in seen] == [2, 0, 1]
@@ -44,19 +48,48 @@ def test_writer_stores_every_submitted_shard_and_counts_bytes(tmp_path):
     )
 
 
-def test_writer_error_reaches_the_caller_and_later_shards_stay_unwritten(tmp_path):
+@pytest.mark.parametrize("writer", WRITERS)
+def test_writer_error_reaches_the_caller_and_later_shards_stay_unwritten(tmp_path, writer):
     store = create_store(tmp_path / "s.zarr", SCHEMA)
-    with pytest.raises(StoreError, match="NaN"), ShardWriter(store) as w:
+    with pytest.raises(StoreError, match="NaN"), writer(store) as w:
         w.submit(shard(0))
         w.submit(shard(1, bad=True))
         w.submit(shard(2))
     assert store.missing_shards() == [1, 2]
 
 
-def test_caller_failure_still_writes_the_submitted_shards(tmp_path):
+@pytest.mark.parametrize("writer", WRITERS)
+def test_caller_failure_still_writes_the_submitted_shards(tmp_path, writer):
     store = create_store(tmp_path / "s.zarr", SCHEMA)
-    with pytest.raises(KeyboardInterrupt), ShardWriter(store) as w:
+    with pytest.raises(KeyboardInterrupt), writer(store) as w:
         w.submit(shard(0))
         w.submit(shard(1))
         raise KeyboardInterrupt  # e.g. Ctrl-C during the teacher forward of shard 2
     assert store.missing_shards() == [2]
+
+
+def test_a_dead_writer_process_is_an_error_not_a_silent_loss(tmp_path, monkeypatch):
+    store = create_store(tmp_path / "s.zarr", SCHEMA)
+
+    def die(*args, **kwargs):
+        import os
+
+        os._exit(3)  # the child vanishes mid-shard (killed, out of memory)
+
+    monkeypatch.setattr(type(store), "write_shard", die)  # inherited by the forked child
+    with pytest.raises(StoreError, match="writer process died"), ProcessShardWriter(store) as w:
+        w.submit(shard(0))
+        w.submit(shard(1))
+    assert store.missing_shards() == [0, 1, 2]
+
+
+def test_auto_writer_is_a_process_on_linux_outside_daemons(tmp_path, monkeypatch):
+    import multiprocessing
+    import sys
+
+    store = create_store(tmp_path / "s.zarr", SCHEMA)
+    with make_writer(store) as w:
+        assert isinstance(w, ProcessShardWriter if sys.platform.startswith("linux") else ShardWriter)
+    monkeypatch.setattr(multiprocessing.current_process(), "daemon", True, raising=False)
+    with make_writer(store) as w:  # e.g. a Dask worker: no children allowed
+        assert isinstance(w, ShardWriter)

@@ -108,30 +108,36 @@ def measure_throughput(
     presets: Sequence[str] = tuple(PRESETS),
     repeats: int = 3,
     device: str = "auto",
+    writers: Sequence[str] = ("auto",),
 ) -> dict[str, Any]:
     """Samples/s, best of `repeats` interleaved rounds (robust to a shared machine), of:
     ``forward_only`` (batches preloaded), ``load_and_forward`` (images decoded too, no store)
     and ``cache[preset]`` (a whole `md cache-teacher` run into a fresh store: loading,
-    forward, encoding and writing), with each cache run's stored bytes/sample."""
+    forward, encoding and writing), with each cache run's stored bytes/sample. With several
+    `writers` (thread / process, `md.teacher_cache.writer`) the keys are ``preset/writer``."""
     teacher, _ = load_teacher(teacher_path)
     teacher.to(resolve_device(device))
     ds = open_dataset(data, split=split)
     batches = list(DataLoader(ds, batch_size=batch_size, collate_fn=collate))
     _forward_rate(teacher, batches, len(ds))  # warm-up: allocators, kernels, file cache
     rates: dict[str, list[float]] = {"forward_only": [], "load_and_forward": []}
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in presets}
+    variants = [(name, w) for name in presets for w in writers]
+    key = {(n, w): n if len(writers) == 1 else f"{n}/{w}" for n, w in variants}
+    runs: dict[str, list[dict[str, Any]]] = {key[v]: [] for v in variants}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):
             rates["forward_only"].append(_forward_rate(teacher, batches, len(ds)))
             loader = DataLoader(ds, batch_size=batch_size, collate_fn=collate)
             rates["load_and_forward"].append(_forward_rate(teacher, loader, len(ds)))
-            for name in presets:
+            for name, writer in variants:
                 cfg = CacheConfig(
                     teacher=str(teacher_path), data=str(data), split=split,
-                    store=str(Path(tmp) / f"{name}{r}.zarr"), codec=name,  # type: ignore[arg-type]
+                    store=str(Path(tmp) / f"{name}-{writer}{r}.zarr"),
+                    codec=name,  # type: ignore[arg-type]
                     shard_size=shard_size, batch_size=batch_size, device=device, progress=False,
+                    writer=writer,  # type: ignore[arg-type]
                 )  # fmt: skip
-                runs[name].append(run(cfg))
+                runs[key[(name, writer)]].append(run(cfg))
     out: dict[str, Any] = {k: max(v) for k, v in rates.items()}
     out["samples"], out["repeats"] = len(ds), repeats
     out["cache"] = {}

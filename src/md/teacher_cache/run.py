@@ -76,6 +76,9 @@ class CacheConfig:
     # Stop after N shards of this invocation (rerun resumes); 0 = off. With Dask: only the
     # first N unwritten shards are submitted.
     stop_after_shards: int = 0
+    # Shard writer: auto = a child process on Linux (the zarr write path holds the GIL against
+    # the teacher when on a thread; md.teacher_cache.writer), else a thread.
+    writer: Literal["auto", "thread", "process"] = "auto"
     progress: bool = True  # progress bar on stderr
     # Dask scale-out (md.teacher_cache.cluster): one task per shard; `device` applies on workers.
     scheduler: str = ""  # address of a running Dask scheduler, e.g. tcp://HOST:8786
@@ -234,6 +237,7 @@ def shard_options(cfg: CacheConfig, teacher: TwoStreamTeacher, ds: PairedDataset
         num_workers=cfg.num_workers,
         max_queued=cfg.max_queued,
         stop_after_shards=cfg.stop_after_shards,
+        writer=cfg.writer,
     )
 
 

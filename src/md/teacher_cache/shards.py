@@ -23,7 +23,7 @@ from md.data.collate import collate
 from md.errors import DataError
 from md.stores import StoreSchema, TargetStore
 from md.teacher_cache.targets import bundled_inputs, teacher_targets
-from md.teacher_cache.writer import Shard, ShardWriter
+from md.teacher_cache.writer import Shard, WriterKind, make_writer
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class ShardOptions:
     num_workers: int = 0  # DataLoader processes reading images
     max_queued: int = 2  # computed shards waiting for the writer thread (bounds memory)
     stop_after_shards: int = 0  # stop after submitting this many shards (0: all); resumable
+    writer: WriterKind = "auto"  # shard writer: a child process where possible, else a thread
 
 
 @dataclass
@@ -86,7 +87,7 @@ def cache_shards(
     )
     stats = ShardStats()
     stream = iter(loader)  # starts DataLoader workers (fork) before the writer thread exists
-    with ShardWriter(store, opts.max_queued, on_written) as writer:
+    with make_writer(store, opts.max_queued, on_written, opts.writer) as writer:
         computed = _computed_shards(teacher, stream, batches, store.schema, opts, stats)
         for submitted, shard in enumerate(computed, start=1):
             writer.submit(shard)

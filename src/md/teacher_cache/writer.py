@@ -1,4 +1,11 @@
-"""A background thread that encodes and writes whole shards while the teacher computes.
+"""A background writer that encodes and writes whole shards while the teacher computes.
+
+Two kinds with one contract: `ShardWriter` (a thread) and `ProcessShardWriter` (a forked
+child process, the default where it can run: Linux, outside daemonic processes such as Dask
+workers; `make_writer`). The zarr write path is Python-heavy, so on a thread it holds the GIL
+against the teacher's thread: writing 8 shards beside the forward took as long as doing the
+two one after the other (1.22-1.47 s vs 1.21-1.47 s serial, 0.80-0.87 s forward alone);
+with the writer in its own process the same took 0.88-1.03 s.
 
 The teacher runs on the caller's thread and hands each finished shard to `ShardWriter.submit`;
 one writer thread quantizes, compresses (zstd + crc32c) and stores it with
@@ -18,15 +25,21 @@ Invariants:
 
 from __future__ import annotations
 
+import multiprocessing
+import pickle
 import queue
+import signal
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any, Literal
 
 import numpy as np
 from zarr.core.sync import sync
 
+from md.errors import StoreError
 from md.stores import TargetStore
 
 
@@ -116,6 +129,148 @@ class ShardWriter:
             except BaseException as e:  # incl. KeyboardInterrupt: handed to the caller
                 self._error = e
                 return
+
+
+WriterKind = Literal["auto", "thread", "process"]
+
+
+def make_writer(
+    store: TargetStore,
+    max_queued: int = 2,
+    on_written: Callable[[Shard, int], None] | None = None,
+    kind: WriterKind = "auto",
+) -> ShardWriter | ProcessShardWriter:
+    """The writer for this process: a child process where one can be forked (``auto``: Linux,
+    and this process is not daemonic, e.g. not a Dask worker), else a thread."""
+    if kind == "auto":
+        can_fork = sys.platform.startswith("linux") and not multiprocessing.current_process().daemon
+        kind = "process" if can_fork else "thread"
+    if kind == "process":
+        return ProcessShardWriter(store, max_queued, on_written)
+    return ShardWriter(store, max_queued, on_written)
+
+
+class ProcessShardWriter:
+    """`ShardWriter`'s contract with the writing in a forked child process.
+
+    The child ignores SIGINT: on Ctrl-C the caller's ``with`` block still waits for the
+    shards already submitted, as with the thread. An error in the child (or its death) is
+    re-raised in the caller at the next `submit` or on leaving the block; shards queued behind
+    it stay unwritten. ``on_written`` runs on a reader thread of the caller's process.
+    """
+
+    def __init__(
+        self,
+        store: TargetStore,
+        max_queued: int = 2,
+        on_written: Callable[[Shard, int], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.on_written = on_written
+        self.shards_written = 0
+        self.bytes_written = 0
+        self._error: BaseException | None = None
+        self._submitted: dict[int, Shard] = {}  # index -> ids/groups (arrays dropped)
+        ctx = multiprocessing.get_context("fork")
+        self._jobs: Any = ctx.Queue(maxsize=max(1, max_queued))
+        self._results: Any = ctx.Queue()
+        self._proc = ctx.Process(target=_write_in_child, args=(store, self._jobs, self._results),
+                                 name="md-shard-writer", daemon=True)
+        self._proc.start()
+        self._reader = threading.Thread(target=self._read_results, name="md-writer-results",
+                                        daemon=True)
+        self._reader.start()
+
+    def submit(self, shard: Shard) -> None:
+        """Queue a computed shard; blocks while the queue is full; raises the writer's error."""
+        self._submitted[shard.index] = Shard(shard.index, {}, shard.sample_ids, shard.groups)
+        self._put(shard)
+
+    def close(self) -> None:
+        """Wait until every submitted shard is written; re-raise the writer's error."""
+        if self._proc.is_alive() and self._error is None:
+            self._put(None)
+        self._proc.join()
+        self._reader.join()
+        self._jobs.cancel_join_thread()  # shards never taken by a dead child: left unwritten
+        self._jobs.close()
+        self._results.close()
+        if self._error is None and self._proc.exitcode != 0:
+            self._error = StoreError(
+                f"the shard writer process died (exit code {self._proc.exitcode}); rerun to "
+                "write the missing shards"
+            )
+        if self._error is not None:
+            raise self._error
+
+    def __enter__(self) -> ProcessShardWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except BaseException as writer_error:
+            if writer_error is not exc:
+                exc.__context__ = writer_error
+
+    def _put(self, item: Shard | None) -> None:
+        while True:
+            if self._error is not None:
+                raise self._error
+            if not self._proc.is_alive():
+                return  # close() reports the exit code
+            try:
+                self._jobs.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def _read_results(self) -> None:
+        while True:
+            try:
+                msg = self._results.get(timeout=0.1)
+            except queue.Empty:
+                if not self._proc.is_alive() and self._results.empty():
+                    return
+                continue
+            if msg[0] == "written":
+                _, k, nbytes = msg
+                self.shards_written += 1
+                self.bytes_written += nbytes
+                if self.on_written is not None:
+                    self.on_written(self._submitted[k], nbytes)
+            elif msg[0] == "error":
+                self._error = msg[1]
+                return
+            else:  # "done"
+                return
+
+
+def _write_in_child(store: TargetStore, jobs: Any, results: Any) -> None:
+    """The child's loop: write each shard, report ("written", k, bytes), stop at None."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; see ProcessShardWriter
+    while (item := jobs.get()) is not None:
+        try:
+            store.write_shard(item.index, item.arrays, item.sample_ids, item.groups)
+            results.put(("written", item.index, shard_stored_bytes(store, item.index)))
+        except BaseException as e:
+            try:  # Queue.put pickles later, on a feeder thread: check it pickles now
+                pickle.loads(pickle.dumps(e))
+                error: BaseException = e
+            except Exception:  # keep its words
+                error = StoreError(f"{type(e).__name__}: {e}")
+            results.put(("error", error))
+            return
+    store.close()
+    results.put(("done",))
 
 
 def shard_stored_bytes(store: TargetStore, k: int) -> int:
