@@ -53,6 +53,18 @@ class VerifyReport:
         self.bad_samples.extend(s for s in samples or [] if s not in self.bad_samples)
 
 
+def _open_all_arrays(ts: TargetStore) -> None:
+    """Open every array in one concurrent round (else `_check_metadata` opens them one by one,
+    a request round each on a remote store). An array that does not open is not an error
+    here: `_check_metadata` reports it by name; only a failed access to the store is raised."""
+    try:
+        ts.raw_arrays(ts.raw_names())
+    except StoreAccessError:
+        raise
+    except Exception:
+        return
+
+
 def verify(url: str | os.PathLike[str]) -> VerifyReport:
     """Verify the store at `url` (directory, packed zip or fsspec URL such as s3://).
 
@@ -65,12 +77,7 @@ def verify(url: str | os.PathLike[str]) -> VerifyReport:
             report.add(f"manifest: {problem}")
     with open_store(url, mode="r") as ts:
         report.samples, report.num_shards = ts.n, ts.num_shards
-        try:
-            ts.raw_arrays(ts.raw_names())  # open every array at once (else one by one below)
-        except StoreAccessError:
-            raise
-        except Exception:
-            pass  # an array that does not open is reported by _check_metadata
+        _open_all_arrays(ts)
         specs = [s for s in ts.schema.stored_arrays() if _check_metadata(ts, s, report)]
         report.missing_shards = ts.missing_shards()
         if report.missing_shards:
