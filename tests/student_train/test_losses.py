@@ -43,6 +43,19 @@ def test_focal_mse_one_position_holds_all_the_error():
     assert w[0, 0, 0].item() == pytest.approx(p)
 
 
+def test_focal_mse_softmax_of_the_channel_mean_by_hand():
+    # the same case with softmax_input="mean": the weight of (0, 0) is softmax of D / C = 2.5
+    t = torch.zeros(1, 2, 2, 2)
+    s = t.clone()
+    s[0, :, 0, 0] = torch.tensor([1.0, 2.0])
+    p = math.exp(2.5) / (math.exp(2.5) + 3)
+    loss = FocalMSELoss(softmax_input="mean")
+    assert loss(s, t).item() == pytest.approx(p * 5 / 2, rel=1e-6)
+    assert loss.weights(s, t)[0, 0, 0].item() == pytest.approx(p)
+    with pytest.raises(ValueError, match="softmax_input"):
+        FocalMSELoss(softmax_input="max")
+
+
 def test_focal_mse_uniform_error_equals_mse_and_batch_mean():
     t = torch.zeros(2, 3, 2, 2)
     s = torch.full_like(t, 0.5)
@@ -103,3 +116,8 @@ def test_distillation_loss_switches_and_weights():
     assert set(mse) == {"semantic", "distill"}
     assert mse["semantic"].item() == pytest.approx(
         sum(MSELoss()(student["features"][lv], teacher["features"][lv]).item() for lv in levels) / 2)
+
+
+def test_distillation_loss_passes_the_fmse_softmax_input():
+    assert DistillationLoss(("c3",), focal_softmax="mean").semantic_loss.softmax_input == "mean"
+    assert DistillationLoss(("c3",)).semantic_loss.softmax_input == "sum"  # eq. 4 by default

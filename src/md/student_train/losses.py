@@ -17,6 +17,13 @@ mis-predicted areas, which is what a constant weight does: ``∂L/∂D_j = p_j /
 position's error is pushed down, hard ones harder. So by default the weights are detached
 (``weights_grad=False``); ``weights_grad=True`` is the literal reading, kept as an option.
 The loss value is the same either way.
+
+F-MSE weight spread. With ``D`` summed over C channels the softmax is nearly one-hot on our
+features: on the MD students of docs/reproduction.md the effective number of positions
+``1 / Σ p²`` is 1.0-1.15 per image at every level (of 20-320), so eq. 4 trains the single
+worst position of each map. ``softmax_input="mean"`` takes the softmax of ``D / C`` (the
+per-channel mean error) instead, which spread the same maps over 13-230 positions; the
+default ``"sum"`` is the paper's eq. 4.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 SEMANTIC_LOSSES = ("fmse", "mse")
+SOFTMAX_INPUTS = ("sum", "mean")  # F-MSE weights: softmax of D (eq. 4) or of D / C
 
 
 class AttentionTransferLoss(nn.Module):
@@ -56,22 +64,31 @@ class FocalMSELoss(nn.Module):
     a constant re-weighting unless ``weights_grad`` (see the module docstring).
     """
 
-    def __init__(self, weights_grad: bool = False) -> None:
+    def __init__(self, weights_grad: bool = False, softmax_input: str = "sum") -> None:
         super().__init__()
+        if softmax_input not in SOFTMAX_INPUTS:
+            raise ValueError(f"softmax_input must be one of {SOFTMAX_INPUTS}, got {softmax_input!r}")
         self.weights_grad = weights_grad
+        self.softmax_input = softmax_input
+
+    def _logits(self, dist: Tensor, channels: int) -> Tensor:
+        return dist / channels if self.softmax_input == "mean" else dist
 
     def forward(self, f_student: Tensor, f_teacher: Tensor) -> Tensor:
         """f_student, f_teacher (B, C, H, W) -> scalar >= 0."""
         d = (f_student.float() - f_teacher.float()).pow(2)
         channels = d.shape[1]
         dist = d.sum(1).flatten(1)  # D: (B, H·W)
-        weights = torch.softmax(dist if self.weights_grad else dist.detach(), dim=1)
+        logits = self._logits(dist if self.weights_grad else dist.detach(), channels)
+        weights = torch.softmax(logits, dim=1)
         return ((weights * dist).sum(1) / channels).mean()
 
     def weights(self, f_student: Tensor, f_teacher: Tensor) -> Tensor:
         """The re-weighting mask p (B, H, W), summing to 1 per image (MD Fig. 4)."""
-        dist = (f_student.float() - f_teacher.float()).pow(2).sum(1)
-        return torch.softmax(dist.flatten(1), dim=1).view_as(dist)
+        d = (f_student.float() - f_teacher.float()).pow(2)
+        dist = d.sum(1)
+        logits = self._logits(dist.flatten(1), d.shape[1])
+        return torch.softmax(logits, dim=1).view_as(dist)
 
 
 class MSELoss(nn.Module):
@@ -101,6 +118,7 @@ class DistillationLoss(nn.Module):
         attention_weight: float = 1.0,
         semantic_weight: float = 1.0,
         focal_weights_grad: bool = False,
+        focal_softmax: str = "sum",
     ) -> None:
         super().__init__()
         if semantic_loss not in SEMANTIC_LOSSES:
@@ -110,7 +128,8 @@ class DistillationLoss(nn.Module):
         self.attention_weight, self.semantic_weight = attention_weight, semantic_weight
         self.attention_loss = AttentionTransferLoss()
         self.semantic_loss: nn.Module = (
-            FocalMSELoss(focal_weights_grad) if semantic_loss == "fmse" else MSELoss()
+            FocalMSELoss(focal_weights_grad, focal_softmax) if semantic_loss == "fmse"
+            else MSELoss()
         )
 
     def forward(

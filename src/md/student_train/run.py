@@ -98,6 +98,7 @@ class StudentTrainConfig(recipe.RecipeConfig):
     attention_weight: float = 1.0  # λ_A
     semantic_weight: float = 1.0  # λ_S (see the module docstring for the scale)
     focal_weights_grad: bool = False  # let gradients flow through the F-MSE softmax weights
+    focal_softmax: Literal["sum", "mean"] = "sum"  # F-MSE weights: softmax of D (eq. 4) or D/C
     flip: bool = False  # random horizontal flips (p = 0.5); needs a store with flipped views
     crop: tuple[int, ...] = ()  # random crop [side] or [h, w], multiples of 32; () = off
     allow_partial: bool = False  # train on the written samples of an incomplete store
@@ -412,7 +413,8 @@ def _loss_fn(cfg: StudentTrainConfig, model: nn.Module, teacher: nn.Module | Non
         distill = DistillationLoss(
             cfg.levels, attention=cfg.attention, semantic=cfg.semantic,
             semantic_loss=cfg.semantic_loss, attention_weight=cfg.attention_weight,
-            semantic_weight=cfg.semantic_weight, focal_weights_grad=cfg.focal_weights_grad)
+            semantic_weight=cfg.semantic_weight, focal_weights_grad=cfg.focal_weights_grad,
+            focal_softmax=cfg.focal_softmax)
     strides = dict(model.strides)  # type: ignore[arg-type]
 
     def loss_fn(m: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
