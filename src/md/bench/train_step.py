@@ -15,7 +15,6 @@ no peak, the peak resident set size of the process sampled every 2 ms during the
 
 from __future__ import annotations
 
-import contextlib
 import os
 import statistics
 import threading
@@ -27,11 +26,10 @@ from typing import Any
 import torch
 
 from md.config import resolve_config
+from md.student_train.bench import training_step
 from md.student_train.run import (
     PRESETS,
-    Setup,
     StudentTrainConfig,
-    loop_settings,
     make_loader,
     prepare,
 )
@@ -42,27 +40,6 @@ from md.train.loop import to_device
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _stepper(setup: Setup, device: torch.device) -> Callable[[dict[str, Any]], None]:
-    """A closure doing one forward + losses + backward + SGD step on a device batch."""
-    cfg = setup.cfg
-    s = loop_settings(cfg, setup.iterations)
-    model = setup.model.to(device).train()
-    if setup.teacher is not None:
-        setup.teacher.to(device)
-    opt = recipe.make_optimizer(model, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
-
-    def step(batch: dict[str, Any]) -> None:
-        amp = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.amp == "bf16"
-               else contextlib.nullcontext())
-        with amp:
-            total = setup.loss_fn(model, batch)["total"]
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-
-    return step
 
 
 def _rss_mb() -> float | None:
@@ -138,7 +115,7 @@ def _time(batches: Iterator[dict[str, Any]], step: Callable[[dict[str, Any]], No
 def _run_mode(cfg: StudentTrainConfig, device: torch.device, warmup: int, steps: int,
               repeat_first: bool) -> dict[str, Any]:
     setup = prepare(cfg)
-    step = _stepper(setup, device)
+    step = training_step(setup, device)
     n = 1 if repeat_first else warmup + steps
     loader = iter(make_loader(setup, 0, n, device, num_workers=setup.cfg.num_workers))
     if repeat_first:  # targets already on the device: the same batch every step

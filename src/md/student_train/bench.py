@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -48,30 +48,41 @@ def loader_rate(setup: Setup, device: torch.device, workers: int, batches: int,
     return n / (time.perf_counter() - t0)
 
 
-def step_rate(setup: Setup, device: torch.device, steps: int, warmup: int = 2) -> float:
-    """Samples/s of the training step alone, repeated on one batch already on `device`."""
+def training_step(setup: Setup, device: torch.device) -> Callable[[dict[str, Any]], None]:
+    """A closure doing one forward + losses + backward + SGD step on a batch already on
+    `device` (the step of `md train-student` without its logging; used by both benches)."""
     cfg = setup.cfg
     s = loop_settings(cfg, setup.iterations)
     model = setup.model.to(device).train()
     if setup.teacher is not None:
         setup.teacher.to(device)
     opt = recipe.make_optimizer(model, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
-    batch = to_device(next(iter(make_loader(setup, 0, 1, device, num_workers=0))), device,
-                      s.channels_last)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.amp == "bf16"
-                else contextlib.nullcontext())
-    t0 = 0.0
-    for i in range(warmup + steps):
-        if i == warmup:
-            _sync(device)
-            t0 = time.perf_counter()
+
+    def step(batch: dict[str, Any]) -> None:
+        autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.amp == "bf16"
+                    else contextlib.nullcontext())
         with autocast:
             total = setup.loss_fn(model, batch)["total"]
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
+
+    return step
+
+
+def step_rate(setup: Setup, device: torch.device, steps: int, warmup: int = 2) -> float:
+    """Samples/s of the training step alone, repeated on one batch already on `device`."""
+    step = training_step(setup, device)
+    batch = to_device(next(iter(make_loader(setup, 0, 1, device, num_workers=0))), device,
+                      setup.cfg.channels_last)
+    t0 = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+        step(batch)
     _sync(device)
-    return steps * cfg.batch_size / (time.perf_counter() - t0)
+    return steps * setup.cfg.batch_size / (time.perf_counter() - t0)
 
 
 def bench_loader(cfg: StudentTrainConfig, workers: Sequence[int] = (0, 1, 2), batches: int = 20,
