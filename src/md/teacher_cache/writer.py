@@ -25,6 +25,7 @@ Invariants:
 
 from __future__ import annotations
 
+import abc
 import multiprocessing
 import pickle
 import queue
@@ -56,7 +57,60 @@ class Shard:
 _STOP = object()  # queue sentinel: no more shards
 
 
-class ShardWriter:
+class _WriterProtocol(abc.ABC):
+    """What both writers share: the ``with`` semantics and the bounded, error-checking put.
+
+    Subclasses set ``_queue`` (a bounded queue with ``put(item, timeout=)``) and ``_error``,
+    and implement `close` and `_alive`.
+    """
+
+    _queue: Any
+    _error: BaseException | None
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Wait until every submitted shard is written; re-raise the writer's error."""
+
+    @abc.abstractmethod
+    def _alive(self) -> bool:
+        """Whether the writer (thread or process) still takes shards."""
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.close()
+            return
+        # The caller is failing: still store the shards it finished, then let its own
+        # exception (which may be the writer's, re-raised by submit) propagate.
+        try:
+            self.close()
+        except BaseException as writer_error:
+            if writer_error is not exc:
+                exc.__context__ = writer_error
+
+    def _put(self, item: object) -> None:
+        """Queue `item`, waiting while the queue is full; raise the writer's error; give up
+        quietly if the writer is gone (`close` reports why)."""
+        while True:
+            if self._error is not None:
+                raise self._error
+            if not self._alive():
+                return
+            try:
+                self._queue.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+
+class ShardWriter(_WriterProtocol):
     """``with ShardWriter(store) as w: w.submit(shard)`` — see the module docstring."""
 
     def __init__(
@@ -86,35 +140,8 @@ class ShardWriter:
         if self._error is not None:
             raise self._error
 
-    def __enter__(self) -> ShardWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None:
-            self.close()
-            return
-        # The caller is failing: still store the shards it finished, then let its own
-        # exception (which may be the writer's, re-raised by submit) propagate.
-        try:
-            self.close()
-        except BaseException as writer_error:
-            if writer_error is not exc:
-                exc.__context__ = writer_error
-
-    def _put(self, item: object) -> None:
-        while True:
-            if self._error is not None:
-                raise self._error
-            try:
-                self._queue.put(item, timeout=0.05)
-                return
-            except queue.Full:
-                continue
+    def _alive(self) -> bool:
+        return self._thread.is_alive()
 
     def _loop(self) -> None:
         while (item := self._queue.get()) is not _STOP:
@@ -150,7 +177,7 @@ def make_writer(
     return ShardWriter(store, max_queued, on_written)
 
 
-class ProcessShardWriter:
+class ProcessShardWriter(_WriterProtocol):
     """`ShardWriter`'s contract with the writing in a forked child process.
 
     The child ignores SIGINT: on Ctrl-C the caller's ``with`` block still waits for the
@@ -172,9 +199,9 @@ class ProcessShardWriter:
         self._error: BaseException | None = None
         self._submitted: dict[int, Shard] = {}  # index -> ids/groups (arrays dropped)
         ctx = multiprocessing.get_context("fork")
-        self._jobs: Any = ctx.Queue(maxsize=max(1, max_queued))
+        self._queue: Any = ctx.Queue(maxsize=max(1, max_queued))
         self._results: Any = ctx.Queue()
-        self._proc = ctx.Process(target=_write_in_child, args=(store, self._jobs, self._results),
+        self._proc = ctx.Process(target=_write_in_child, args=(store, self._queue, self._results),
                                  name="md-shard-writer", daemon=True)
         self._proc.start()
         self._reader = threading.Thread(target=self._read_results, name="md-writer-results",
@@ -192,8 +219,8 @@ class ProcessShardWriter:
             self._put(None)
         self._proc.join()
         self._reader.join()
-        self._jobs.cancel_join_thread()  # shards never taken by a dead child: left unwritten
-        self._jobs.close()
+        self._queue.cancel_join_thread()  # shards never taken by a dead child: left unwritten
+        self._queue.close()
         self._results.close()
         if self._error is None and self._proc.exitcode != 0:
             self._error = StoreError(
@@ -203,35 +230,8 @@ class ProcessShardWriter:
         if self._error is not None:
             raise self._error
 
-    def __enter__(self) -> ProcessShardWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None:
-            self.close()
-            return
-        try:
-            self.close()
-        except BaseException as writer_error:
-            if writer_error is not exc:
-                exc.__context__ = writer_error
-
-    def _put(self, item: Shard | None) -> None:
-        while True:
-            if self._error is not None:
-                raise self._error
-            if not self._proc.is_alive():
-                return  # close() reports the exit code
-            try:
-                self._jobs.put(item, timeout=0.05)
-                return
-            except queue.Full:
-                continue
+    def _alive(self) -> bool:
+        return self._proc.is_alive()
 
     def _read_results(self) -> None:
         while True:
