@@ -197,7 +197,7 @@ class ProcessShardWriter(_WriterProtocol):
         self.shards_written = 0
         self.bytes_written = 0
         self._error: BaseException | None = None
-        self._submitted: dict[int, Shard] = {}  # index -> ids/groups (arrays dropped)
+        self._submitted: dict[int, Shard] = {}  # in flight: index -> ids/groups (no arrays)
         ctx = multiprocessing.get_context("fork")
         self._queue: Any = ctx.Queue(maxsize=max(1, max_queued))
         self._results: Any = ctx.Queue()
@@ -243,10 +243,11 @@ class ProcessShardWriter(_WriterProtocol):
                 continue
             if msg[0] == "written":
                 _, k, nbytes = msg
+                shard = self._submitted.pop(k)  # ids of shards in flight only
                 self.shards_written += 1
                 self.bytes_written += nbytes
                 if self.on_written is not None:
-                    self.on_written(self._submitted[k], nbytes)
+                    self.on_written(shard, nbytes)
             elif msg[0] == "error":
                 self._error = msg[1]
                 return
