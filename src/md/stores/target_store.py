@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 import zarr
-from zarr.core.buffer import Buffer
+from zarr.core.buffer import Buffer, default_buffer_prototype
 from zarr.core.sync import sync  # zarr's own bridge onto its event loop
 from zarr.storage import MemoryStore, StorePath
 
@@ -58,6 +58,7 @@ from md.stores.codecs import (
     preset_of_store,
 )
 from md.stores.schema import SCHEMA_VERSION, ArraySpec, LevelSpec, StoreSchema, scale_array_name
+from md.stores.shard_object import ShardLayout
 
 Mode = Literal["r", "r+"]
 # Attributes the store owns; `attrs` passed by callers may not override them.
@@ -252,6 +253,16 @@ class _Handle:
     preset: CodecPreset
     arrays: dict[str, zarr.Array] = field(default_factory=dict)
     known_written: set[int] = field(default_factory=set)
+    layouts: dict[str, ShardLayout | None] = field(default_factory=dict)
+
+    def layout(self, name: str) -> ShardLayout | None:
+        """How to encode array `name`'s shard objects in one pass (`md.stores.shard_object`),
+        or None where zarr writes them (unsharded arrays, layouts md did not create)."""
+        if name not in self.layouts:
+            layout = ShardLayout.of(self.array(name))
+            ok = layout is not None and layout.shard_len == self.schema.shard_size
+            self.layouts[name] = layout if ok else None
+        return self.layouts[name]
 
     def array(self, name: str) -> zarr.Array:
         if name not in self.arrays:
@@ -499,7 +510,15 @@ class TargetStore:
                 h.array("written")[sel] = False
                 h.known_written.discard(k)
             targets = h.open_arrays(list(payload))
-            _raise_first(sync(_write_arrays(targets, sel, list(payload.values()))))
+            whole: list[tuple[zarr.Array, bytes]] = []  # (array, its encoded shard object)
+            through_zarr: list[tuple[zarr.Array, np.ndarray]] = []
+            for (name, value), arr in zip(payload.items(), targets, strict=True):
+                layout = h.layout(name)
+                if layout is None:
+                    through_zarr.append((arr, value))
+                else:
+                    whole.append((arr, layout.encode(value)))
+            _raise_first(sync(_write_arrays(k, sel, whole, through_zarr)))
             h.array("written")[sel] = True  # the commit: only after every array of the shard
         h.known_written.add(k)
 
@@ -611,10 +630,22 @@ class TargetStore:
 
 
 async def _write_arrays(
-    arrays: Sequence[zarr.Array], sel: slice, values: Sequence[np.ndarray]
+    k: int,
+    sel: slice,
+    whole: Sequence[tuple[zarr.Array, bytes]],
+    through_zarr: Sequence[tuple[zarr.Array, np.ndarray]],
 ) -> list[Any]:
-    """Write `values` at `sel` of every array, concurrently; failures returned in place."""
-    writes = [a.async_array.setitem(sel, v) for a, v in zip(arrays, values, strict=True)]
+    """Store shard k of every array, concurrently: ready shard objects with one ``set``,
+    the rest by zarr at `sel`; failures are returned in place."""
+    buffer = default_buffer_prototype().buffer
+    writes = [
+        arr.store_path.store.set(
+            f"{arr.store_path.path}/{arr.metadata.encode_chunk_key((k,) + (0,) * (arr.ndim - 1))}",
+            buffer.from_bytes(obj),
+        )
+        for arr, obj in whole
+    ]
+    writes += [arr.async_array.setitem(sel, value) for arr, value in through_zarr]
     return await asyncio.gather(*writes, return_exceptions=True)
 
 

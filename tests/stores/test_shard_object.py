@@ -1,0 +1,118 @@
+"""One-pass shard objects (md.stores.shard_object) against zarr's own sharding codec.
+
+The independent truth is zarr: the same values written through ``Array.__setitem__`` must
+give the same object bytes, and the objects we write must read back through zarr.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from contract import build_local, tiny_schema
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.storage import LocalStore
+
+from md.stores.shard_object import ShardLayout
+
+SHARD = 4
+
+
+def _array(
+    root: zarr.Group, name: str, dtype: str, sample: tuple[int, ...], n: int, **kw: object
+) -> zarr.Array:
+    options: dict[str, object] = {
+        "chunks": (1, *sample),
+        "shards": (SHARD, *sample),
+        "compressors": (ZstdCodec(level=3), Crc32cCodec()),
+        "fill_value": 0,
+        "config": {"write_empty_chunks": True},
+    }
+    options.update(kw)
+    return root.create_array(name, shape=(n, *sample), dtype=dtype, **options)  # type: ignore[arg-type]
+
+
+def _object(arr: zarr.Array, k: int) -> bytes:
+    key = arr.metadata.encode_chunk_key((k,) + (0,) * (arr.ndim - 1))
+    path = arr.store_path.store.root / arr.store_path.path / key  # type: ignore[attr-defined]
+    return bytes(path.read_bytes())
+
+
+@pytest.mark.parametrize(
+    ("dtype", "sample"),
+    [("float16", (3, 5, 7)), ("uint8", (1, 6, 4)), ("float32", (9, 6)), ("int32", (2, 3))],
+)
+def test_shard_objects_match_zarr_bytes_full_and_partial_shards(tmp_path, dtype, sample):
+    rng = np.random.default_rng(0)
+    n = 2 * SHARD + 2  # two full shards and a last one of 2 samples
+    values = (rng.standard_normal((n, *sample)) * 50).astype(dtype)
+    values[1] = 0  # an all-zero (fill value) chunk is still written as a chunk
+    root = zarr.open_group(LocalStore(tmp_path / "a.zarr"), mode="w")
+    by_zarr = _array(root, "z", dtype, sample, n)
+    ours = _array(root, "o", dtype, sample, n)
+    by_zarr[:] = values
+    layout = ShardLayout.of(ours)
+    assert layout is not None and layout.shard_len == SHARD
+    for k in range(3):
+        part = values[k * SHARD : (k + 1) * SHARD]
+        obj = layout.encode(part)
+        path = tmp_path / "a.zarr" / "o" / "c" / str(k) / ("/".join(["0"] * len(sample)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(obj)
+        assert obj == _object(by_zarr, k), f"shard {k} differs from zarr's"
+    reopened = zarr.open_array(LocalStore(tmp_path / "a.zarr"), path="o", mode="r")
+    np.testing.assert_array_equal(reopened[:], values)
+
+
+def test_layouts_md_did_not_create_are_left_to_zarr(tmp_path):
+    root = zarr.open_group(LocalStore(tmp_path / "b.zarr"), mode="w")
+    unsharded = root.create_array("u", shape=(8, 3), chunks=(4, 3), dtype="uint8")
+    blosc = _array(root, "b", "uint8", (3,), 8, compressors=(BloscCodec(),))
+    no_crc = _array(root, "c", "uint8", (3,), 8, compressors=(ZstdCodec(level=1),))
+    two_per_chunk = _array(root, "t", "uint8", (3,), 8, chunks=(2, 3))
+    for arr in (unsharded, blosc, no_crc, two_per_chunk):
+        assert ShardLayout.of(arr) is None, arr.name
+
+
+def test_encode_refuses_values_that_do_not_fit_a_shard(tmp_path):
+    root = zarr.open_group(LocalStore(tmp_path / "c.zarr"), mode="w")
+    layout = ShardLayout.of(_array(root, "a", "uint8", (3,), 8))
+    assert layout is not None
+    with pytest.raises(ValueError, match="does not fit"):
+        layout.encode(np.zeros((SHARD + 1, 3), np.uint8))
+    with pytest.raises(ValueError, match="does not fit"):
+        layout.encode(np.zeros((2, 4), np.uint8))
+
+
+@pytest.mark.parametrize("codec", ["lossless", "compact"])
+def test_store_written_in_one_pass_equals_store_written_by_zarr(tmp_path, monkeypatch, codec):
+    """Every object of a whole md store (flips, bundled inputs, a partial last shard) is the
+    same whether `write_shard` encodes shard objects itself or leaves them all to zarr."""
+    schema = tiny_schema(codec, n=10, shard_size=4, full=True)
+    encoded: list[tuple[int, ...]] = []
+    real_encode = ShardLayout.encode
+    with monkeypatch.context() as m:  # count the shard objects the fast path encodes
+        m.setattr(
+            ShardLayout, "encode", lambda self, v: encoded.append(v.shape) or real_encode(self, v)
+        )
+        fast = Path(build_local(tmp_path / "fast.zarr", schema))
+    sharded_arrays = sum(s.sharded for s in schema.stored_arrays())
+    assert len(encoded) == 3 * sharded_arrays > 0  # every sharded array of all 3 shards
+    with monkeypatch.context() as m:
+        m.setattr(ShardLayout, "of", classmethod(lambda cls, array: None))
+        slow = Path(build_local(tmp_path / "slow.zarr", schema))
+
+    def objects(root: Path) -> dict[str, bytes]:
+        return {
+            str(p.relative_to(root)): p.read_bytes()
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != "zarr.json"
+        }
+
+    ours, zarrs = objects(fast), objects(slow)
+    assert sorted(ours) == sorted(zarrs)
+    sharded = [k for k in ours if k.startswith(("features", "attention", "inputs", "boxes"))]
+    assert any(k.endswith("c/2/0/0/0") for k in sharded)  # the partial last shard is covered
+    assert [k for k in ours if ours[k] != zarrs[k]] == []
