@@ -3,6 +3,7 @@ provenance, refusals."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -301,3 +302,21 @@ def test_bf16_autocast_runs_and_is_part_of_the_identity(det_teacher, synth_det, 
     assert np.abs(got - ref.numpy()).max() <= 0.05 * np.abs(ref.numpy()).max()
     err = cache(det_teacher, synth_det, store, "--levels", "c5", expect=2)
     assert "other options" in err and "cache" in err
+
+
+def test_reading_ahead_on_a_thread_changes_no_byte(det_teacher, synth_det, tmp_path):
+    """The read-ahead thread (default) and reading in the teacher's thread give the same
+    store, with either writer."""
+    stores = {}
+    for read_ahead, writer in ((0, "thread"), (2, "thread"), (2, "process")):
+        url = tmp_path / f"ra{read_ahead}-{writer}.zarr"
+        cfg = dataclasses.replace(
+            _cfg(det_teacher, synth_det, url), read_ahead=read_ahead, writer=writer
+        )
+        run(cfg)
+        stores[(read_ahead, writer)] = raw_arrays(url)
+    base = stores[(0, "thread")]
+    for key, arrays in stores.items():
+        assert arrays.keys() == base.keys(), key
+        for name in base:
+            np.testing.assert_array_equal(arrays[name], base[name], err_msg=f"{key} {name}")

@@ -72,6 +72,9 @@ class CacheConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: Literal["none", "bf16"] = "none"  # bf16 autocast of the teacher (default full fp32)
     num_workers: int = 0  # DataLoader processes reading images
+    # Without DataLoader processes: batches a reading thread decodes ahead of the teacher
+    # (md.data.prefetch; Pillow decodes with the GIL released); 0 = read in the teacher's thread.
+    read_ahead: int = 2
     max_queued: int = 2  # computed shards waiting for the writer (memory bound)
     # Stop after N shards of this invocation (rerun resumes); 0 = off. With Dask: only the
     # first N unwritten shards are submitted.
@@ -235,6 +238,7 @@ def shard_options(cfg: CacheConfig, teacher: TwoStreamTeacher, ds: PairedDataset
         max_boxes=max_boxes(ds) if bundle_boxes else 0,
         amp=cfg.amp,
         num_workers=cfg.num_workers,
+        read_ahead=cfg.read_ahead,
         max_queued=cfg.max_queued,
         stop_after_shards=cfg.stop_after_shards,
         writer=cfg.writer,

@@ -9,6 +9,7 @@ exactly the arrays an uninterrupted run computes.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from md.data.collate import collate
+from md.data.prefetch import Prefetcher
 from md.errors import DataError
 from md.stores import StoreSchema, TargetStore
 from md.teacher_cache.targets import bundled_inputs, teacher_targets
@@ -38,6 +40,7 @@ class ShardOptions:
     max_boxes: int = 0  # rows of the bundled ``boxes`` array (detection bundles)
     amp: Literal["none", "bf16"] = "none"  # autocast dtype of the teacher forward
     num_workers: int = 0  # DataLoader processes reading images
+    read_ahead: int = 2  # batches decoded ahead on a thread when num_workers == 0 (0: off)
     max_queued: int = 2  # computed shards waiting for the writer thread (bounds memory)
     stop_after_shards: int = 0  # stop after submitting this many shards (0: all); resumable
     writer: WriterKind = "auto"  # shard writer: a child process where possible, else a thread
@@ -86,8 +89,12 @@ def cache_shards(
         dataset, batch_sampler=batches, collate_fn=collate, num_workers=opts.num_workers
     )
     stats = ShardStats()
-    stream = iter(loader)  # starts DataLoader workers (fork) before the writer thread exists
-    with make_writer(store, opts.max_queued, on_written, opts.writer) as writer:
+    # Start DataLoader workers (fork) before the writer and the read-ahead thread exist.
+    stream: Iterator[dict[str, Any]] = iter(loader)
+    with contextlib.ExitStack() as stack:
+        writer = stack.enter_context(make_writer(store, opts.max_queued, on_written, opts.writer))
+        if opts.read_ahead > 0 and opts.num_workers == 0:  # after the writer's fork
+            stream = stack.enter_context(Prefetcher(stream, opts.read_ahead, "md-cache-read"))
         computed = _computed_shards(teacher, stream, batches, store.schema, opts, stats)
         for submitted, shard in enumerate(computed, start=1):
             writer.submit(shard)
