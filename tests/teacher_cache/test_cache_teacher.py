@@ -320,3 +320,26 @@ def test_reading_ahead_on_a_thread_changes_no_byte(det_teacher, synth_det, tmp_p
         assert arrays.keys() == base.keys(), key
         for name in base:
             np.testing.assert_array_equal(arrays[name], base[name], err_msg=f"{key} {name}")
+
+
+def test_gil_switch_interval_is_short_during_the_loop_and_restored(
+    det_teacher, synth_det, tmp_path, monkeypatch
+):
+    import sys
+
+    seen: list[float] = []
+    real_targets = shards_module.batch_targets
+
+    def recording_targets(*args, **kwargs):
+        seen.append(sys.getswitchinterval())
+        if len(seen) == 3:
+            raise RuntimeError("stop here")
+        return real_targets(*args, **kwargs)
+
+    before = sys.getswitchinterval()
+    monkeypatch.setattr(shards_module, "batch_targets", recording_targets)
+    with pytest.raises(RuntimeError, match="stop here"):
+        run(_cfg(det_teacher, synth_det, tmp_path / "s.zarr"))
+    assert seen and all(v == pytest.approx(shards_module.GIL_SWITCH_INTERVAL_S) for v in seen)
+    assert before > shards_module.GIL_SWITCH_INTERVAL_S
+    assert sys.getswitchinterval() == before  # restored, also after a failure
