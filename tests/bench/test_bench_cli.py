@@ -40,11 +40,12 @@ def test_codecs_reports_each_preset(inputs: BenchInputs) -> None:
     assert r["inputs"]["synthetic"] is False
 
 
-def test_latency_of_three_models() -> None:
+def test_latency_of_the_models() -> None:
     r = _json(run_cli("bench", "latency", "--size", "64x64", "--width", "0.125",
                       "--head-channels", "16", "--warmup", "1", "--repeats", "2",
                       "--threads", "1", "--json"))
-    assert set(r["models"]) == {"teacher", "md_student", "visible_only_student"}
+    assert set(r["models"]) == {"teacher", "md_student", "md_student_folded_stem",
+                                "visible_only_student"}
     assert r["device"] == "cpu" and r["dtype"] == "float32" and r["image_size"] == [64, 64]
     assert all(m["median_ms"] > 0 for m in r["models"].values())
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from md.eval.runtime import latency_ms
 from md.models import build_model
+from md.models.fold import fold_image_level
 from md.train.recipe import resolve_device
 from md.train.teacher import head_kwargs
 
@@ -23,15 +24,18 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def build_models(task: str, width: float, head_channels: int,
                  head_input: str = "attended") -> dict[str, nn.Module]:
-    """{teacher, md_student (6-ch, all levels), visible_only_student (3-ch, no levels)}."""
+    """{teacher, md_student (6-ch, all levels), md_student_folded_stem (the same, its
+    image-level stem folded to 4 channels: md.models.fold), visible_only_student (3-ch, no
+    levels)}."""
     num_classes = 9 if task == "segmentation" else 1
     hk = head_kwargs(task, head_channels)
+    md_student = build_model("student", task, in_channels=6, width=width,
+                             num_classes=num_classes, head_kwargs=hk, head_input=head_input)
     return {
         "teacher": build_model("teacher", task, width=width, num_classes=num_classes,
                                head_kwargs=hk),
-        "md_student": build_model("student", task, in_channels=6, width=width,
-                                  num_classes=num_classes, head_kwargs=hk,
-                                  head_input=head_input),
+        "md_student": md_student,
+        "md_student_folded_stem": fold_image_level(md_student),  # type: ignore[arg-type]
         "visible_only_student": build_model("student", task, in_channels=3, width=width,
                                             levels=(), num_classes=num_classes, head_kwargs=hk),
     }
@@ -47,7 +51,8 @@ def _inputs(name: str, size: tuple[int, int], device: torch.device) -> tuple[tor
     w, h = size
     if name == "teacher":
         return (torch.rand(1, 3, h, w, device=device), torch.rand(1, 1, h, w, device=device))
-    return (torch.rand(1, 6 if name == "md_student" else 3, h, w, device=device),)
+    channels = {"md_student": 6, "md_student_folded_stem": 4}.get(name, 3)
+    return (torch.rand(1, channels, h, w, device=device),)
 
 
 def bench_latency(*, task: str = "detection", size: tuple[int, int] = (640, 512),
