@@ -5,7 +5,9 @@ child process, the default where it can run: Linux, outside daemonic processes s
 workers; `make_writer`). The zarr write path is Python-heavy, so on a thread it holds the GIL
 against the teacher's thread: writing 8 shards beside the forward took as long as doing the
 two one after the other (1.22-1.47 s vs 1.21-1.47 s serial, 0.80-0.87 s forward alone);
-with the writer in its own process the same took 0.88-1.03 s.
+with the writer in its own process the same took 0.88-1.03 s. (Measured before
+`write_shard` encoded shard objects in one pass, `md.stores.shard_object`, which cut a
+shard's write ~4x; the process still wins, 0.74-0.80x vs 0.68-0.75x of forward-only.)
 
 The teacher runs on the caller's thread and hands each finished shard to `ShardWriter.submit`;
 one writer thread quantizes, compresses (zstd + crc32c) and stores it with
