@@ -15,6 +15,8 @@ from contract import build_local, tiny_schema
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr.storage import LocalStore
 
+from md.errors import StoreError
+from md.stores import open_store
 from md.stores.shard_object import ShardLayout
 
 SHARD = 4
@@ -116,3 +118,43 @@ def test_store_written_in_one_pass_equals_store_written_by_zarr(tmp_path, monkey
     sharded = [k for k in ours if k.startswith(("features", "attention", "inputs", "boxes"))]
     assert any(k.endswith("c/2/0/0/0") for k in sharded)  # the partial last shard is covered
     assert [k for k in ours if ours[k] != zarrs[k]] == []
+
+
+@pytest.mark.parametrize("codec", ["lossless", "compact"])
+def test_one_pass_reads_equal_zarr_reads(tmp_path, monkeypatch, codec):
+    """`read` through the one-pass path gives exactly what zarr's own read path gives:
+    unsorted and repeated indices, across shards, the partial last shard included."""
+    url = build_local(tmp_path / "s.zarr", tiny_schema(codec, n=10, shard_size=4, full=True))
+    idx = [9, 0, 5, 5, 8, 3]
+    fast = open_store(url).read(idx)
+    with monkeypatch.context() as m:
+        m.setattr(ShardLayout, "of", classmethod(lambda cls, array: None))
+        slow = open_store(url).read(idx)
+    assert fast.keys() == slow.keys()
+    for name in slow:
+        np.testing.assert_array_equal(fast[name], slow[name], err_msg=name)
+
+
+def test_one_pass_read_refuses_damaged_chunks_index_and_lost_objects(tmp_path):
+    url = Path(build_local(tmp_path / "s.zarr", tiny_schema("lossless", n=10, shard_size=4)))
+    shard = url / "features" / "C3" / "c" / "1" / "0" / "0" / "0"
+    good = shard.read_bytes()
+    index = np.frombuffer(good[-(16 * 4 + 4) : -4], dtype="<u8").reshape(4, 2)
+    offset, length = (int(v) for v in index[2])  # sample 6
+    damaged = bytearray(good)
+    damaged[offset + length // 2] ^= 0xFF
+    shard.write_bytes(bytes(damaged))
+    store = open_store(url)
+    store.read([4, 5, 7])  # the other samples of the shard still read
+    with pytest.raises(
+        StoreError, match=r"cannot read features/C3 \(chunk: stored and computed crc32c"
+    ):
+        store.read([6])
+    damaged = bytearray(good)
+    damaged[-10] ^= 0xFF  # the shard index
+    shard.write_bytes(bytes(damaged))
+    with pytest.raises(StoreError, match=r"features/C3 \(shard index: stored and computed crc32c"):
+        open_store(url).read([5])
+    shard.unlink()
+    with pytest.raises(StoreError, match="missing although its shard is marked written"):
+        open_store(url).read([5])

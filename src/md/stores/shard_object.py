@@ -10,8 +10,13 @@ sample's chunk, appends its crc32c, and appends the index, exactly as the ``shar
 codec lays them out (zarr v3 spec; index at the end, morton order, which for our
 (S, 1, 1, ...) chunk grid is sample order). Reads still go through zarr.
 
+Reads of such arrays take the same shortcut in reverse (`decode_index`, `decode_chunk`): the
+store fetches the (cached) shard index and each sample's byte range concurrently, then
+verifies and decompresses them in the caller's thread; through zarr a 16-sample batch of a
+width-1 teacher's targets took 0.83 s, nearly all of it pipeline overhead.
+
 Only arrays whose metadata is exactly the layout md creates qualify (`ShardLayout.of`);
-anything else keeps zarr's own write path. tests/stores/test_shard_object.py checks the bytes
+anything else keeps zarr's own write and read paths. tests/stores/test_shard_object.py checks the bytes
 against zarr's for full and partial shards of every dtype we store.
 """
 
@@ -111,6 +116,34 @@ class ShardLayout:
         index_bytes = index.tobytes()
         pieces.append(index_bytes + _crc32c(index_bytes))
         return b"".join(pieces)
+
+    @property
+    def index_nbytes(self) -> int:
+        """Bytes of the index at the end of a shard object (offset and length per chunk, crc)."""
+        return 16 * self.shard_len + 4
+
+    def decode_index(self, data: bytes) -> np.ndarray:
+        """A shard object's index bytes -> (shard_len, 2) uint64 (offset, length); absent
+        chunks are 2**64 - 1. A checksum mismatch raises ValueError."""
+        if len(data) != self.index_nbytes:
+            raise ValueError(f"shard index of {len(data)} bytes, expected {self.index_nbytes}")
+        _check_crc32c(data, "shard index")
+        return np.frombuffer(data[:-4], dtype="<u8").reshape(self.shard_len, 2)
+
+    def decode_chunk(self, data: bytes) -> np.ndarray:
+        """One inner chunk's bytes (zstd frame + crc32c) -> the sample's array. A checksum
+        mismatch or a wrong size raises ValueError."""
+        _check_crc32c(data, "chunk")
+        raw = Zstd(level=self.level, checksum=self.checksum).decode(data[:-4])
+        values = np.frombuffer(raw, dtype=self.dtype.newbyteorder("<"))
+        if values.size != int(np.prod(self.sample_shape)):
+            raise ValueError(f"chunk of {values.size} values, expected {self.sample_shape}")
+        return values.reshape(self.sample_shape)
+
+
+def _check_crc32c(data: bytes, what: str) -> None:
+    if len(data) < 4 or _crc32c(data[:-4]) != data[-4:]:
+        raise ValueError(f"{what}: stored and computed crc32c checksums do not match")
 
 
 def _crc32c(data: bytes) -> bytes:
