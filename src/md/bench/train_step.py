@@ -6,11 +6,14 @@
   step), the `online_teacher` mode;
 - ``in_memory``: targets already in device memory, the step alone on one batch (the bound).
 
-Each reports the median ms per step and the peak memory: on CUDA the allocator's peak
-(``torch.cuda.max_memory_allocated``, reset per mode); on CPU, where torch's allocator keeps
-no peak, the peak resident set size of the process sampled every 2 ms during the mode's steps
-(Linux ``/proc/self/statm``; ``null`` elsewhere) and its rise over the RSS before them
-(``peak_rss_mb`` / ``rss_rise_mb``), which also counts the loader's buffers.
+The modes' steps are interleaved (one step of each per round, rotating order), so a
+process's warm-up trend is shared by all three. Each reports the median ms per step and the
+peak memory over its timed steps: on CUDA the allocator's peak (``torch.cuda.max_memory_allocated``,
+reset before each step); on CPU, where torch's allocator keeps no peak, the peak resident
+set size of the process sampled every 2 ms during the mode's steps (Linux
+``/proc/self/statm``; ``null`` elsewhere) and its largest rise over the RSS before one of
+its steps (``peak_rss_mb`` / ``rss_rise_mb``), which also counts the loader's buffers. All
+three models are resident at once, so the peak RSS includes the other modes' models.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -88,47 +91,66 @@ class RssPeak:
                 "rss_rise_mb": round(self.peak_mb - self.start_mb, 1)}
 
 
-def _time(batches: Iterator[dict[str, Any]], step: Callable[[dict[str, Any]], None],
-          device: torch.device, channels_last: bool, warmup: int, steps: int) -> dict[str, Any]:
-    """Median ms of (next batch + copy to device + step) and the peak device memory."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    with RssPeak() as rss:
-        for i in range(warmup + steps):
-            _sync(device)
-            t0 = time.perf_counter()
-            step(to_device(next(batches), device, channels_last))
-            _sync(device)
-            if i >= warmup:
-                times.append((time.perf_counter() - t0) * 1e3)
-    if device.type == "cuda":
-        peak: float | None = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        peak = rss.report()["peak_rss_mb"]
-    return {"ms": round(statistics.median(times), 3), "min_ms": round(min(times), 3),
-            "peak_memory_mb": None if peak is None else round(peak, 1),
-            "peak_memory_kind": "cuda_allocated" if device.type == "cuda" else "process_rss",
-            **rss.report()}
+@dataclass
+class _Mode:
+    """One mode's step closure and batch stream, and what its timed steps measured."""
+
+    step: Callable[[dict[str, Any]], None]
+    batches: Iterator[dict[str, Any]]
+    channels_last: bool
+    width: float
+    times: list[float] = field(default_factory=list)
+    peak_mb: float | None = None
+    rise_mb: float | None = None
+    cuda_peak_mb: float | None = None
 
 
-def _run_mode(cfg: StudentTrainConfig, device: torch.device, warmup: int, steps: int,
-              repeat_first: bool) -> dict[str, Any]:
+def _mode(cfg: StudentTrainConfig, device: torch.device, n: int, repeat_first: bool) -> _Mode:
     setup = prepare(cfg)
     step = training_step(setup, device)
-    n = 1 if repeat_first else warmup + steps
-    loader = iter(make_loader(setup, 0, n, device, num_workers=setup.cfg.num_workers))
-    if repeat_first:  # targets already on the device: the same batch every step
-        first = to_device(next(loader), device, setup.cfg.channels_last)
+    loader = iter(make_loader(setup, 0, 1 if repeat_first else n, device,
+                              num_workers=setup.cfg.num_workers))
+    if not repeat_first:
+        return _Mode(step, loader, setup.cfg.channels_last, setup.cfg.width)
+    first = to_device(next(loader), device, setup.cfg.channels_last)  # targets on the device
 
-        def again() -> Iterator[dict[str, Any]]:
-            while True:
-                yield first
+    def again() -> Iterator[dict[str, Any]]:
+        while True:
+            yield first
 
-        timed = _time(again(), step, device, False, warmup, steps)
-    else:
-        timed = _time(loader, step, device, setup.cfg.channels_last, warmup, steps)
-    return {**timed, "width": setup.cfg.width}
+    return _Mode(step, again(), False, setup.cfg.width)
+
+
+def _timed_step(m: _Mode, device: torch.device, keep: bool) -> None:
+    """(next batch + copy to device + step) once; its time and memory peaks kept if `keep`."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with RssPeak() as rss:
+        _sync(device)
+        t0 = time.perf_counter()
+        m.step(to_device(next(m.batches), device, m.channels_last))
+        _sync(device)
+        elapsed = (time.perf_counter() - t0) * 1e3
+    if not keep:
+        return
+    m.times.append(elapsed)
+    r = rss.report()
+    if r["peak_rss_mb"] is not None:
+        m.peak_mb = max(m.peak_mb or 0.0, r["peak_rss_mb"])
+        m.rise_mb = max(m.rise_mb or 0.0, r["rss_rise_mb"] or 0.0)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        m.cuda_peak_mb = max(m.cuda_peak_mb or 0.0, peak)
+
+
+def _report(m: _Mode, device: torch.device) -> dict[str, Any]:
+    peak = m.cuda_peak_mb if device.type == "cuda" else m.peak_mb
+    return {"ms": round(statistics.median(m.times), 3), "min_ms": round(min(m.times), 3),
+            "peak_memory_mb": None if peak is None else round(peak, 1),
+            "peak_memory_kind": "cuda_allocated" if device.type == "cuda" else "process_rss",
+            "peak_rss_mb": None if m.peak_mb is None else round(m.peak_mb, 1),
+            "rss_rise_mb": None if m.rise_mb is None else round(m.rise_mb, 1),
+            "width": m.width}
 
 
 def bench_train_step(*, store: str, data: str, teacher: str, preset: str | None = None,
@@ -142,11 +164,18 @@ def bench_train_step(*, store: str, data: str, teacher: str, preset: str | None 
     offline = replace(base, store=store)
     online = replace(base, store="", online_teacher=teacher)
     # enough iterations that the loaders never run dry
-    modes = {"offline": (offline, False), "online": (online, False), "in_memory": (offline, True)}
-    out: dict[str, Any] = {}
-    for name, (cfg, in_memory) in modes.items():
-        cfg = replace(cfg, iterations=max(cfg.iterations, warmup + steps))
-        out[name] = _run_mode(cfg, dev, warmup, steps, in_memory)
+    n = warmup + steps
+    plans = {"offline": (offline, False), "online": (online, False), "in_memory": (offline, True)}
+    modes = {name: _mode(replace(cfg, iterations=max(cfg.iterations, n)), dev, n, in_memory)
+             for name, (cfg, in_memory) in plans.items()}
+    # Interleaved, one step of each mode per round, in a rotating order: a process's steps
+    # speed up over its first minutes (allocator, caches), which timing the modes one after
+    # another charged to whichever ran first.
+    names = list(modes)
+    for i in range(n):
+        for name in names[i % 3:] + names[: i % 3]:
+            _timed_step(modes[name], dev, keep=i >= warmup)
+    out = {name: _report(m, dev) for name, m in modes.items()}
     return {
         "benchmark": "train-step", "device": str(dev), "batch_size": base.batch_size,
         "thermal_factor": base.thermal_factor, "width": out["offline"]["width"],
