@@ -105,3 +105,37 @@ def test_bench_scripts_still_run(inputs: BenchInputs, script: str,
         runpy.run_path(str(REPO / "bench" / script), run_name="__main__")
     assert exit_.value.code == 0
     json.loads(capsys.readouterr().out)
+
+
+def test_cache_steps_script_times_every_variant(inputs: BenchInputs,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import runpy
+
+    before = sys.getswitchinterval()
+    monkeypatch.setattr(sys, "argv", ["cache_steps.py", "--teacher", inputs.teacher,
+                                      "--data", inputs.data, "--repeats", "1", "--threads", "0"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(REPO / "bench" / "cache_steps.py"), run_name="__main__")
+    assert exit_.value.code == 0
+    r = json.loads(capsys.readouterr().out)
+    assert set(r["variants"]) == {"zarr_path", "one_pass", "read_ahead", "short_switch",
+                                  "short_switch/compact", "short_switch/thread_writer"}
+    assert all(v["samples_per_s"] > 0 and v["vs_forward"] > 0 for v in r["variants"].values())
+    assert r["variants"]["zarr_path"]["one_pass"] is False
+    assert sys.getswitchinterval() == before  # left as it was
+
+
+def test_fusion_latency_script_subset(monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import runpy
+
+    names = "visible-only,image-level,image-level (folded stem)"
+    monkeypatch.setattr(sys, "argv", ["fusion_latency.py", "detection", "0.125", "16", "32",
+                                      "48", "2", names])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(REPO / "bench" / "fusion_latency.py"), run_name="__main__")
+    assert exit_.value.code == 0
+    r = json.loads(capsys.readouterr().out)
+    assert set(r["median_ms"]) == set(names.split(","))
+    assert all(ms > 0 for ms in r["median_ms"].values())
