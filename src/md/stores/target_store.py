@@ -257,8 +257,9 @@ class _Handle:
     layouts: dict[str, ShardLayout | None] = field(default_factory=dict)
 
     def layout(self, name: str) -> ShardLayout | None:
-        """How to encode array `name`'s shard objects in one pass (`md.stores.shard_object`),
-        or None where zarr writes them (unsharded arrays, layouts md did not create)."""
+        """How to write and read array `name`'s shard objects in one pass
+        (`md.stores.shard_object`), or None where zarr does (unsharded arrays, layouts md did
+        not create)."""
         if name not in self.layouts:
             layout = ShardLayout.of(self.array(name))
             ok = layout is not None and layout.shard_len == self.schema.shard_size
