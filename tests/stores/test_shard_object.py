@@ -158,3 +158,21 @@ def test_one_pass_read_refuses_damaged_chunks_index_and_lost_objects(tmp_path):
     shard.unlink()
     with pytest.raises(StoreError, match="missing although its shard is marked written"):
         open_store(url).read([5])
+
+
+@pytest.mark.parametrize("codec", ["lossless", "compact"])
+def test_write_shard_returns_the_stored_bytes_of_every_array(tmp_path, codec):
+    """The bytes `write_shard` reports (encoded sizes + size lookups for zarr's objects) equal
+    a size lookup of every array's object, full and partial shards alike."""
+    from contract import groups, sample_ids, shard_arrays
+
+    from md.stores import create_store
+    from md.teacher_cache.writer import shard_stored_bytes
+
+    schema = tiny_schema(codec, n=10, shard_size=4, full=True)
+    with create_store(tmp_path / "s.zarr", schema, {"note": "t"}) as store:
+        for k in range(schema.num_shards):
+            reported = store.write_shard(
+                k, shard_arrays(schema, k), sample_ids(schema, k), groups(schema, k)
+            )
+            assert reported == shard_stored_bytes(store, k) > 0

@@ -486,8 +486,9 @@ class TargetStore:
         groups: Sequence[str],
         *,
         overwrite: bool = False,
-    ) -> None:
-        """Write every array of shard k, then mark its samples written (one writer per shard).
+    ) -> int:
+        """Write every array of shard k, then mark its samples written (one writer per shard);
+        return the shard's stored bytes over every array (checksums and indexes included).
 
         `arrays` holds exactly `schema.target_shapes()` with a leading axis of
         ``len(shard_range(k))``: float32 ``features/L`` (quantized here), float
@@ -523,6 +524,10 @@ class TargetStore:
             _raise_first(sync(_write_arrays(k, sel, whole, through_zarr)))
             h.array("written")[sel] = True  # the commit: only after every array of the shard
         h.known_written.add(k)
+        # Sizes we encoded are known; only the objects zarr wrote need a size lookup.
+        zarr_written = [arr for arr, _ in through_zarr] + [h.array("written")]
+        sizes = sync(_object_sizes(zarr_written, k))
+        return sum(len(obj) for _, obj in whole) + sum(sizes)
 
     def _writable(self) -> _Handle:
         if self.mode != "r+":
@@ -635,6 +640,18 @@ class TargetStore:
             ) from None
 
 
+def shard_object_key(arr: zarr.Array, k: int) -> str:
+    """Store key of shard k's object of `arr`: the shard of per-sample chunks, or the one
+    chunk of the whole shard (every md array is chunked or sharded by store shard)."""
+    return f"{arr.store_path.path}/{arr.metadata.encode_chunk_key((k,) + (0,) * (arr.ndim - 1))}"
+
+
+async def _object_sizes(arrays: Sequence[zarr.Array], k: int) -> list[int]:
+    """Stored bytes of shard k's object of each array, looked up concurrently."""
+    sizes = [arr.store_path.store.getsize(shard_object_key(arr, k)) for arr in arrays]
+    return [int(n) for n in await asyncio.gather(*sizes)]
+
+
 async def _write_arrays(
     k: int,
     sel: slice,
@@ -645,10 +662,7 @@ async def _write_arrays(
     the rest by zarr at `sel`; failures are returned in place."""
     buffer = default_buffer_prototype().buffer
     writes = [
-        arr.store_path.store.set(
-            f"{arr.store_path.path}/{arr.metadata.encode_chunk_key((k,) + (0,) * (arr.ndim - 1))}",
-            buffer.from_bytes(obj),
-        )
+        arr.store_path.store.set(shard_object_key(arr, k), buffer.from_bytes(obj))
         for arr, obj in whole
     ]
     writes += [arr.async_array.setitem(sel, value) for arr, value in through_zarr]
@@ -680,11 +694,10 @@ async def _read_arrays(
 async def _read_chunks(arr: zarr.Array, layout: ShardLayout, idx: np.ndarray) -> list[bytes]:
     """The stored bytes of sample i's chunk for each i in `idx`: each shard's index (one
     suffix read, cached by read-only handles), then every chunk's byte range, concurrently."""
-    store, base = arr.store_path.store, arr.store_path.path
+    store = arr.store_path.store
     prototype = default_buffer_prototype()
-    tail = (0,) * (arr.ndim - 1)
     shards = sorted({int(i) // layout.shard_len for i in idx})
-    keys = {k: f"{base}/{arr.metadata.encode_chunk_key((k, *tail))}" for k in shards}
+    keys = {k: shard_object_key(arr, k) for k in shards}
     suffix = SuffixByteRequest(layout.index_nbytes)
     index_bufs = await asyncio.gather(*(store.get(keys[k], prototype, suffix) for k in shards))
     index = {}

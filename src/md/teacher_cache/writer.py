@@ -44,6 +44,7 @@ from zarr.core.sync import sync
 
 from md.errors import StoreError
 from md.stores import TargetStore
+from md.stores.target_store import shard_object_key
 
 
 @dataclass
@@ -149,8 +150,9 @@ class ShardWriter(_WriterProtocol):
         while (item := self._queue.get()) is not _STOP:
             assert isinstance(item, Shard)
             try:
-                self.store.write_shard(item.index, item.arrays, item.sample_ids, item.groups)
-                nbytes = shard_stored_bytes(self.store, item.index)
+                nbytes = self.store.write_shard(
+                    item.index, item.arrays, item.sample_ids, item.groups
+                )
                 self.shards_written += 1
                 self.bytes_written += nbytes
                 if self.on_written is not None:
@@ -262,8 +264,8 @@ def _write_in_child(store: TargetStore, jobs: Any, results: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; see ProcessShardWriter
     while (item := jobs.get()) is not None:
         try:
-            store.write_shard(item.index, item.arrays, item.sample_ids, item.groups)
-            results.put(("written", item.index, shard_stored_bytes(store, item.index)))
+            nbytes = store.write_shard(item.index, item.arrays, item.sample_ids, item.groups)
+            results.put(("written", item.index, nbytes))
         except BaseException as e:
             try:  # Queue.put pickles later, on a feeder thread: check it pickles now
                 pickle.loads(pickle.dumps(e))
@@ -277,11 +279,10 @@ def _write_in_child(store: TargetStore, jobs: Any, results: Any) -> None:
 
 
 def shard_stored_bytes(store: TargetStore, k: int) -> int:
-    """Stored bytes of shard k over every array: one object per array (a shard of per-sample
-    chunks, or one chunk of the whole shard), so this is one size lookup per array."""
+    """Stored bytes of an already written shard k over every array (one size lookup per
+    array; a fresh write gets the same figure from `TargetStore.write_shard`)."""
     total = 0
     for name in store.raw_names():
         arr = store.raw_array(name)
-        key = arr.metadata.encode_chunk_key((k,) + (0,) * (arr.ndim - 1))
-        total += int(sync(arr.store_path.store.getsize(f"{arr.store_path.path}/{key}")))
+        total += int(sync(arr.store_path.store.getsize(shard_object_key(arr, k))))
     return total
