@@ -22,13 +22,17 @@ Invariants:
   caller is leaving because of an exception (an interrupt keeps the finished work);
 - an exception in the writer thread (a store error, an interrupt) is re-raised in the
   caller's thread, at the next `submit` or on leaving the block. Shards queued behind the
-  failed one are dropped and stay unwritten, so a rerun recomputes them.
+  failed one are dropped and stay unwritten, so a rerun recomputes them;
+- the writer process dies with the process that started it (SIGKILL, SIGTERM, a crash): it
+  never lives on re-parented, and never writes a shard after its run is gone.
 """
 
 from __future__ import annotations
 
 import abc
+import ctypes
 import multiprocessing
+import os
 import pickle
 import queue
 import signal
@@ -205,7 +209,8 @@ class ProcessShardWriter(_WriterProtocol):
         ctx = multiprocessing.get_context("fork")
         self._queue: Any = ctx.Queue(maxsize=max(1, max_queued))
         self._results: Any = ctx.Queue()
-        self._proc = ctx.Process(target=_write_in_child, args=(store, self._queue, self._results),
+        self._proc = ctx.Process(target=_write_in_child,
+                                 args=(store, self._queue, self._results, os.getpid()),
                                  name="md-shard-writer", daemon=True)
         self._proc.start()
         self._reader = threading.Thread(target=self._read_results, name="md-writer-results",
@@ -259,10 +264,26 @@ class ProcessShardWriter(_WriterProtocol):
                 return
 
 
-def _write_in_child(store: TargetStore, jobs: Any, results: Any) -> None:
-    """The child's loop: write each shard, report ("written", k, bytes), stop at None."""
+def _write_in_child(store: TargetStore, jobs: Any, results: Any, parent: int) -> None:
+    """The child's loop: write each shard, report ("written", k, bytes), stop at None.
+
+    The child dies with its parent: the kernel SIGKILLs it when the parent goes
+    (`_die_with_parent`), and before each shard it checks that its parent is still the one
+    that forked it, so no shard of a dead run is written beside a resumed one.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; see ProcessShardWriter
-    while (item := jobs.get()) is not None:
+    _die_with_parent()
+    while True:
+        if os.getppid() != parent:  # re-parented: the run that submitted the job is gone
+            os._exit(0)
+        try:
+            item = jobs.get(timeout=_PARENT_POLL_S)
+        except queue.Empty:
+            continue
+        if item is None:
+            break
+        if os.getppid() != parent:
+            os._exit(0)
         try:
             nbytes = store.write_shard(item.index, item.arrays, item.sample_ids, item.groups)
             results.put(("written", item.index, nbytes))
@@ -276,6 +297,26 @@ def _write_in_child(store: TargetStore, jobs: Any, results: Any) -> None:
             return
     store.close()
     results.put(("done",))
+
+
+_PARENT_POLL_S = 0.5  # how often an idle child checks that its parent is alive
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``).
+
+    The signal fires when the *thread* that forked us exits; `ProcessShardWriter` is made on
+    the thread that runs the cache, which lives as long as the run. Elsewhere (no prctl) the
+    getppid checks in `_write_in_child` still end the child within `_PARENT_POLL_S`.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
 
 
 def shard_stored_bytes(store: TargetStore, k: int) -> int:
