@@ -4,6 +4,7 @@ streaming from it, DataLoader workers included (each forked worker opens its own
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,27 @@ def test_cache_verify_info_resume_and_overwrite_on_s3(
     s3_env.client().delete_object(Bucket=s3_bucket, Key="runs/train.zarr/attention/c4/c/1/0/0/0")
     out = run_cli("store", "verify", url, expect=1)
     assert "FAILED" in out and "bad shards: [1]" in out
+
+
+def test_a_live_lease_refuses_a_second_writer_on_s3(
+    s3_bucket: str, s3_env: S3Server, s3_teacher: Path, synth_det: Path
+) -> None:
+    """Another run's unexpired lease beside the store: refused in one line naming it, nothing
+    written; once that lease has expired (its run died), the cache takes over, and releases
+    the lease when done."""
+    url = f"s3://{s3_bucket}/leased/train.zarr"
+    lease = {"owner": "x", "pid": 777, "host": "hub-1", "started": "t", "command": "md cache",
+             "expires": time.time() + 300}  # fmt: skip
+    client = s3_env.client()
+    client.put_object(Bucket=s3_bucket, Key="leased/train.zarr.lease", Body=json.dumps(lease))
+    out = run_cli("cache-teacher", "--teacher", str(s3_teacher), "--data", str(synth_det),
+                  "--store", url, *CACHE, expect=2)  # fmt: skip
+    assert "being written by another run (pid 777 on hub-1" in out and "expires in" in out
+    assert s3_env.keys(s3_bucket, "leased/") == ["leased/train.zarr.lease"]
+    lease["expires"] = time.time() - 1
+    client.put_object(Bucket=s3_bucket, Key="leased/train.zarr.lease", Body=json.dumps(lease))
+    assert json.loads(_cache(s3_teacher, synth_det, url, "--json"))["complete"]
+    assert "leased/train.zarr.lease" not in s3_env.keys(s3_bucket, "leased/")
 
 
 def test_train_student_streams_from_s3_with_two_workers(

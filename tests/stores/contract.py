@@ -11,14 +11,19 @@ relu(gaussian) * (1 + u) * (1 + v), u, v ~ U[0, 1], so half zeros and a heavy-is
 
 from __future__ import annotations
 
+import hashlib
+import json
 import multiprocessing
 import os
 import pickle
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import pytest
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 
 from md.errors import IncompleteStoreError, StoreError
 from md.stores import (
@@ -33,6 +38,7 @@ from md.stores import (
     verify,
 )
 from md.stores.codecs import compact_error_bound, get_preset
+from md.stores.target_store import shard_object_key
 
 Builder = Callable[..., str]
 ATTRS = {
@@ -198,11 +204,34 @@ class StoreContract:
             assert store.shard_range(2) == range(8, 10)
             assert store.attrs["teacher"] == ATTRS["teacher"]
             assert store.attrs["dataset"] == ATTRS["dataset"]
-            assert store.attrs["schema_version"] == 1 and store.attrs["codec"]["name"] == "compact"
+            assert store.attrs["schema_version"] == 2 and store.attrs["codec"]["name"] == "compact"
             assert {"created", "tool_version"} <= set(store.attrs)
             assert (
                 store.written_mask().all() and store.is_complete() and store.missing_shards() == []
             )
+
+    def test_every_shard_records_the_run_and_its_objects(self, make_store: Builder) -> None:
+        """The root identity is sha256 of the creation provenance (canonical JSON, computed
+        here by hand); each shard's record repeats it and holds the crc32c of every object."""
+        schema = tiny_schema("compact", full=True)
+        canonical = json.dumps(ATTRS, sort_keys=True, separators=(",", ":")).encode()
+        want = hashlib.sha256(canonical).hexdigest()
+        with open_store(make_store(schema)) as store:
+            assert store.attrs["identity"] == {"sha256": want, "keys": ["dataset", "teacher"]}
+            names = [s.name for s in schema.stored_arrays()]
+            names.remove("shard_record"), names.remove("written")
+            for k in range(store.num_shards):
+                rng = store.shard_range(k)
+                rows = store.raw_array("shard_record")[rng.start : rng.stop].tolist()
+                assert len(set(rows)) == 1
+                record = json.loads(rows[0])
+                assert record["identity"] == want and record["shard"] == k
+                assert sorted(record["objects"]) == sorted(names)
+                for name in names:
+                    arr = store.raw_array(name)
+                    buf = sync(arr.store_path.store.get(shard_object_key(arr, k),
+                                                        default_buffer_prototype()))
+                    assert record["objects"][name] == f"{google_crc32c.value(buf.to_bytes()):08x}"
 
     # -- errors -------------------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import struct
 import zipfile
 from pathlib import Path
@@ -94,3 +96,42 @@ def test_zip_member_corruption_is_caught_by_manifest_and_checksum(
     report = verify(str(out))
     assert not report.ok and 1 in report.bad_shards
     assert any("features/C3/c/1/0/0/0" in p and "manifest" in p for p in report.problems)
+
+
+def test_an_object_swapped_in_from_another_shard_is_caught(local_store: Path) -> None:
+    """Shard 0's features/C3 object copied over shard 1's: every chunk crc32c and the shard
+    index still pass (the object is whole), only the shard record knows it is not shard 1's."""
+    src = local_store.joinpath("features", "C3", "c", "0", "0", "0", "0")
+    local_store.joinpath(*SHARD).write_bytes(src.read_bytes())
+    report = verify(str(local_store))
+    assert not report.ok and report.bad_shards == [1]
+    (line,) = report.problems
+    assert "shard 1: features/C3: object features/C3/c/1/0/0/0 is not the one written" in line
+
+
+def test_a_shard_written_by_another_run_is_caught(tmp_path: Path) -> None:
+    """Two stores of one schema by different teachers; shard 1 of the second copied whole
+    (every object, record and `written` included) into the first: each object matches its
+    record, but the record names the other run."""
+    schema = tiny_schema()
+    ours = Path(build_local(tmp_path / "ours.zarr", schema))
+    theirs = Path(build_local(tmp_path / "theirs.zarr", schema,
+                              attrs={"teacher": {"sha256": "ef" * 32}}))  # fmt: skip
+    for obj in theirs.rglob("*"):
+        parts = obj.relative_to(theirs).parts
+        if obj.is_file() and "c" in parts and parts[parts.index("c") + 1] == "1":
+            shutil.copyfile(obj, ours / obj.relative_to(theirs))
+    report = verify(str(ours))
+    assert not report.ok and report.bad_shards == [1]
+    (line,) = report.problems
+    assert "shard 1: written by another run" in line
+
+
+def test_root_provenance_rewritten_by_another_run_is_caught(local_store: Path) -> None:
+    doc_path = local_store / "zarr.json"
+    doc = json.loads(doc_path.read_text())
+    doc["attributes"]["teacher"]["sha256"] = "00" * 32
+    doc_path.write_text(json.dumps(doc))
+    report = verify(str(local_store))
+    assert not report.ok
+    assert any("does not match the store's run identity" in p for p in report.problems)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from md.stores import open_store, verify
+from md.train.checkpoint import file_sha256
 from tests.conftest import REPO
 from tests.teacher_cache.test_cache_teacher import cache, raw_arrays
 
@@ -107,3 +108,35 @@ def test_killed_cache_leaves_no_writer_and_resumes_identically(det_teacher, synt
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     assert verify(cut).ok
+
+
+def test_a_second_writer_is_refused_while_a_cache_runs(det_teacher, other_det_teacher, synth_det,
+                                                       tmp_path):
+    """The issue's race: run A caches with teacher T; run B starts `--overwrite` with T2 on the
+    same store while A is still writing. B is refused naming A, A finishes, the store is
+    T's alone and verifies."""
+    store = tmp_path / "s.zarr"
+    args = ["cache-teacher", "--teacher", str(det_teacher), "--data", str(synth_det), "--store",
+            str(store), "--shard-size", "1", "--batch-size", "1", "progress=false"]
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
+    log = tmp_path / "a.log"
+    with log.open("wb") as out:
+        a = subprocess.Popen([sys.executable, "-c", SLOW_CACHE, *args], env=env, stdout=out,
+                             stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while _written(store) < 1 and a.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert a.poll() is None, log.read_text()
+        out = cache(other_det_teacher, synth_det, store, "--shard-size", "1", "--batch-size",
+                    "1", "--overwrite", expect=2)  # fmt: skip
+        assert f"is being written by another run (pid {a.pid}" in out
+        assert "s.zarr.lock" in out and "Traceback" not in out
+        assert a.wait(timeout=120) == 0, log.read_text()
+    finally:
+        if a.poll() is None:
+            a.kill()
+            a.wait()
+    report = verify(store)
+    assert report.ok, report.problems
+    assert open_store(store).attrs["teacher"]["sha256"] == file_sha256(det_teacher)

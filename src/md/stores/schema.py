@@ -25,7 +25,10 @@ from typing import Any, Literal
 from md.errors import StoreError
 from md.stores.codecs import get_preset
 
-SCHEMA_VERSION = 1
+# 2: every shard carries a ``shard_record`` (the run identity it was written with and a
+# crc32c per stored object; md.stores.target_store). Version-1 stores stay readable.
+SCHEMA_VERSION = 2
+RECORD_VERSION = 2  # the first schema version with ``shard_record``
 
 Role = Literal["features", "scale", "attention", "extra", "meta"]
 
@@ -44,6 +47,7 @@ _RESERVED_TOPS = (
     "attention_flip",
     "sample_id",
     "group",
+    "shard_record",
     "written",
 )
 
@@ -206,7 +210,10 @@ class StoreSchema:
         for e in self.extras:
             dims = ("sample",) + (None,) * len(e.shape)
             specs.append(ArraySpec(e.name, e.shape, e.dtype, "extra", len(e.shape) >= 2, dims))
-        for name, dtype in (("sample_id", "str"), ("group", "str"), ("written", "bool")):
+        meta = [("sample_id", "str"), ("group", "str"), ("written", "bool")]
+        if self.version >= RECORD_VERSION:  # written per shard, before `written`
+            meta.insert(2, ("shard_record", "str"))
+        for name, dtype in meta:
             specs.append(ArraySpec(name, (), dtype, "meta", False, ("sample",)))
         return specs
 

@@ -15,12 +15,18 @@ Invariants (the contract tests pin them for every backend):
   array. A batch read fetches all its arrays concurrently on zarr's event loop, so a remote
   store overlaps their round trips instead of paying them one array after another.
 - **JSON only.** Group attributes are JSON (no pickle): the schema, codec, provenance.
+- **Shards know their run.** The root's ``identity`` attribute is the sha256 of the
+  provenance the store was created with (teacher checkpoint sha256, data fingerprint, ...).
+  Every shard's ``shard_record`` (schema version >= 2) holds that identity and the crc32c of
+  each of the shard's stored objects, written before ``written``: `md.stores.verify` catches
+  a shard written by another run and an object swapped in from another shard or store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+import google_crc32c  # zarr's own crc32c implementation (a zarr dependency)
 import numpy as np
 import zarr
 from zarr.abc.store import RangeByteRequest, SuffixByteRequest
@@ -58,12 +65,19 @@ from md.stores.codecs import (
     get_preset,
     preset_of_store,
 )
-from md.stores.schema import SCHEMA_VERSION, ArraySpec, LevelSpec, StoreSchema, scale_array_name
+from md.stores.schema import (
+    RECORD_VERSION,
+    SCHEMA_VERSION,
+    ArraySpec,
+    LevelSpec,
+    StoreSchema,
+    scale_array_name,
+)
 from md.stores.shard_object import ShardLayout
 
 Mode = Literal["r", "r+"]
 # Attributes the store owns; `attrs` passed by callers may not override them.
-RESERVED_ATTRS = ("schema_version", "schema", "codec", "created", "tool_version")
+RESERVED_ATTRS = ("schema_version", "schema", "codec", "created", "tool_version", "identity")
 META_NAMES = ("sample_id", "group")
 _UPLOAD_WINDOW = 32  # objects written at once when a new store is laid out on its backend
 
@@ -109,8 +123,24 @@ def _layout(schema: StoreSchema, user_attrs: Mapping[str, Any]) -> tuple[Buffer,
         spec.name: _create_array(group, spec, schema, preset) for spec in schema.stored_arrays()
     }
     arrays["written"][:] = False  # materialize its chunks: every chunk key exists now
-    group.attrs.update({**_store_attrs(schema, preset), **user_attrs})
+    group.attrs.update(
+        {**_store_attrs(schema, preset), "identity": run_identity(user_attrs), **user_attrs}
+    )
     return bare_root, objects
+
+
+def run_identity(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The identity of the runs that may write a store: sha256 of its creation provenance
+    (canonical JSON) and the keys it covers. Resuming runs must match that provenance key for
+    key (`open_or_create_store`), so they share it; another teacher or dataset does not."""
+    canonical = json.dumps(dict(attrs), sort_keys=True, separators=(",", ":"))
+    return {"sha256": hashlib.sha256(canonical.encode()).hexdigest(), "keys": sorted(attrs)}
+
+
+def shard_record(identity: str, k: int, objects: Mapping[str, bytes]) -> str:
+    """Shard k's record (JSON): the run identity and the crc32c of each stored object."""
+    crcs = {name: f"{google_crc32c.value(obj):08x}" for name, obj in sorted(objects.items())}
+    return json.dumps({"identity": identity, "shard": k, "objects": crcs}, sort_keys=True)
 
 
 def _upload_layout(store: CheckedStore, bare_root: Buffer, objects: Mapping[str, Buffer]) -> None:
@@ -252,6 +282,7 @@ class _Handle:
     group: zarr.Group
     schema: StoreSchema
     preset: CodecPreset
+    identity: str  # sha256 of the creation provenance ("" for stores made before it existed)
     arrays: dict[str, zarr.Array] = field(default_factory=dict)
     known_written: set[int] = field(default_factory=set)
     layouts: dict[str, ShardLayout | None] = field(default_factory=dict)
@@ -309,7 +340,9 @@ def _open_handle(loc: Location, writable: bool) -> _Handle:
     except BaseException:
         store.close()
         raise
-    return _Handle(os.getpid(), loc, store, group, schema, preset)
+    identity = attrs.get("identity")
+    sha = str(identity.get("sha256", "")) if isinstance(identity, dict) else ""
+    return _Handle(os.getpid(), loc, store, group, schema, preset, sha)
 
 
 def _read_schema(loc: Location, attrs: Mapping[str, Any]) -> StoreSchema:
@@ -522,12 +555,32 @@ class TargetStore:
                 else:
                     whole.append((arr, layout.encode(value)))
             _raise_first(sync(_write_arrays(k, sel, whole, through_zarr)))
+            nbytes = self._write_record(h, k, sel, whole, [arr for arr, _ in through_zarr])
             h.array("written")[sel] = True  # the commit: only after every array of the shard
         h.known_written.add(k)
-        # Sizes we encoded are known; only the objects zarr wrote need a size lookup.
-        zarr_written = [arr for arr, _ in through_zarr] + [h.array("written")]
-        sizes = sync(_object_sizes(zarr_written, k))
-        return sum(len(obj) for _, obj in whole) + sum(sizes)
+        return nbytes + sync(_object_sizes([h.array("written")], k))[0]
+
+    def _write_record(
+        self,
+        h: _Handle,
+        k: int,
+        sel: slice,
+        whole: Sequence[tuple[zarr.Array, bytes]],
+        through_zarr: Sequence[zarr.Array],
+    ) -> int:
+        """Write shard k's ``shard_record`` (schema >= 2); return the stored bytes of the
+        shard's objects so far. The objects zarr encoded are read back once for their crc32c
+        (small: ids, groups, scales, box lists); the ones we encoded are at hand."""
+        objects = {arr.path: obj for arr, obj in whole}
+        objects.update(zip([a.path for a in through_zarr],
+                           sync(_object_bytes(through_zarr, k)), strict=True))  # fmt: skip
+        nbytes = sum(len(obj) for obj in objects.values())
+        if h.schema.version < RECORD_VERSION:
+            return nbytes
+        record = h.array("shard_record")
+        value = shard_record(h.identity, k, objects)
+        record[sel] = np.array([value] * (sel.stop - sel.start), dtype=np.dtypes.StringDType())
+        return nbytes + sync(_object_sizes([record], k))[0]
 
     def _writable(self) -> _Handle:
         if self.mode != "r+":
@@ -650,6 +703,21 @@ async def _object_sizes(arrays: Sequence[zarr.Array], k: int) -> list[int]:
     """Stored bytes of shard k's object of each array, looked up concurrently."""
     sizes = [arr.store_path.store.getsize(shard_object_key(arr, k)) for arr in arrays]
     return [int(n) for n in await asyncio.gather(*sizes)]
+
+
+async def _object_bytes(arrays: Sequence[zarr.Array], k: int) -> list[bytes]:
+    """Shard k's stored object of each array, fetched concurrently."""
+    prototype = default_buffer_prototype()
+    keys = [shard_object_key(arr, k) for arr in arrays]
+    bufs = await asyncio.gather(
+        *(arr.store_path.store.get(key, prototype) for arr, key in zip(arrays, keys, strict=True))
+    )
+    out = []
+    for key, buf in zip(keys, bufs, strict=True):
+        if buf is None:
+            raise MissingChunkError(key)
+        out.append(buf.to_bytes())
+    return out
 
 
 async def _write_arrays(

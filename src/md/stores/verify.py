@@ -5,25 +5,34 @@ Checks, in order: the zip manifest (packed stores), array metadata against the s
 written shard every stored array is read (crc32c checksums, missing objects) and checked for
 NaN/Inf (features, scales) and empty/duplicate sample ids. A failing shard is re-read sample
 by sample so the report names the bad samples. Unwritten shards are reported, not read.
+Last, each clean written shard's ``shard_record`` (schema version >= 2) is checked: written
+by this store's run (its identity equals the root's, which must match the root provenance)
+and every object is the one written with it (crc32c of the whole object), so a shard of
+another run or an object copied in from another shard or store is caught though its own
+checksums pass.
 A backend failure (no credentials, endpoint unreachable: `StoreAccessError`) is no finding
 about the data: it is raised, not reported shard by shard.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 
 from md.stores.backends import MissingChunkError, StoreAccessError, parse_location
 from md.stores.codecs import decode_features
 from md.stores.pack import check_manifest
-from md.stores.schema import ArraySpec, scale_array_name
-from md.stores.target_store import TargetStore, open_store
+from md.stores.schema import RECORD_VERSION, ArraySpec, scale_array_name
+from md.stores.target_store import TargetStore, open_store, run_identity, shard_object_key
 
 
 @dataclass
@@ -87,6 +96,8 @@ def verify(url: str | os.PathLike[str]) -> VerifyReport:
             for spec in specs:
                 _check_shard(ts, spec, k, report)
         _check_ids(ts, written, report)
+        if ts.schema.version >= RECORD_VERSION:
+            _check_records(ts, [k for k in written if k not in report.bad_shards], report)
     report.bad_shards.sort()
     report.bad_samples.sort()
     return report
@@ -225,3 +236,73 @@ def _check_ids(ts: TargetStore, written: list[int], report: VerifyReport) -> Non
                 )
             else:
                 seen[sid] = i
+
+
+_REFETCH = "re-copy the store from its source, or rebuild it (md cache-teacher --overwrite)"
+
+
+def _check_records(ts: TargetStore, shards: list[int], report: VerifyReport) -> None:
+    """Each shard's record names this store's run, and its objects are the ones written."""
+    identity = _root_identity(ts, report)
+    if identity is None:
+        return
+    names = [s.name for s in ts.schema.stored_arrays() if s.name not in ("shard_record", "written")]
+    for k in shards:
+        record = _read_record(ts, k, report)
+        if record is None:
+            continue
+        if record.get("identity") != identity or record.get("shard") != k:
+            report.add(
+                f"shard {k}: written by another run or copied from another shard (its record "
+                f"says identity {str(record.get('identity'))[:12]}, shard {record.get('shard')}; "
+                f"this store is {identity[:12]}): {_REFETCH}", k, list(ts.shard_range(k))
+            )
+            continue
+        crcs = record.get("objects", {})
+        for name in names:
+            arr = ts.raw_array(name)
+            key = shard_object_key(arr, k)
+            buf = sync(arr.store_path.store.get(key, default_buffer_prototype()))
+            got = None if buf is None else f"{google_crc32c.value(buf.to_bytes()):08x}"
+            if got != crcs.get(name):
+                report.add(
+                    f"shard {k}: {name}: object {key} is not the one written with the shard "
+                    f"(crc32c {got}, recorded {crcs.get(name)}): swapped in from another shard "
+                    f"or store? {_REFETCH}", k, list(ts.shard_range(k))
+                )
+
+
+def _root_identity(ts: TargetStore, report: VerifyReport) -> str | None:
+    """The root's run identity, checked against the provenance it was computed from."""
+    attrs = ts.attrs
+    ident = attrs.get("identity")
+    if not isinstance(ident, dict) or not isinstance(ident.get("keys"), list):
+        report.add(f"root attributes: no run identity: {_REFETCH}")
+        return None
+    keys = [str(key) for key in ident["keys"]]
+    missing = [key for key in keys if key not in attrs]
+    want = run_identity({key: attrs[key] for key in keys if key in attrs})["sha256"]
+    if missing or want != ident.get("sha256"):
+        report.add(
+            f"root attributes: provenance {missing or keys} does not match the store's run "
+            f"identity (rewritten by another run?): {_REFETCH}"
+        )
+        return None
+    return str(ident["sha256"])
+
+
+def _read_record(ts: TargetStore, k: int, report: VerifyReport) -> dict[str, Any] | None:
+    rng = ts.shard_range(k)
+    try:
+        values = set(np.asarray(ts.raw_array("shard_record")[rng.start : rng.stop]).tolist())
+        (text,) = values
+        record = json.loads(text)
+        if not isinstance(record, dict):
+            raise ValueError("not an object")
+        return record
+    except StoreAccessError:
+        raise
+    except Exception as e:
+        report.add(f"shard {k}: shard_record unreadable ({type(e).__name__}): {_REFETCH}", k,
+                   list(rng))  # fmt: skip
+        return None

@@ -48,6 +48,7 @@ from md.stores import (
     segmentation_extras,
 )
 from md.stores.info import info
+from md.stores.lock import WriterLock, writer_lock
 from md.teacher_cache.cluster import DaskRun, cache_on_dask, make_job, parse_resources
 from md.teacher_cache.provenance import explain_refusal, identity_attrs
 from md.teacher_cache.shards import ShardOptions, ShardStats, cache_shards
@@ -120,9 +121,26 @@ def run(cfg: CacheConfig) -> dict[str, Any]:
         amp=cfg.amp,
         thermal_factor=cfg.thermal_factor,
     )
-    store = open_target_store(cfg, schema, attrs)
+    with writer_lock(cfg.store) as lock:  # one writer per store, from before it is opened
+        store = open_target_store(cfg, schema, attrs)
+        summary = _cache(cfg, ds, teacher, store, opts, teacher_sha256, device, lock)
+        store.close()
+    return summary
+
+
+def _cache(
+    cfg: CacheConfig,
+    ds: PairedDataset,
+    teacher: TwoStreamTeacher,
+    store: TargetStore,
+    opts: ShardOptions,
+    teacher_sha256: str,
+    device: torch.device,
+    lock: WriterLock,
+) -> dict[str, Any]:
+    """The unwritten shards of `store`, then the run attributes; returns the summary."""
     todo = store.missing_shards()
-    bar, add = _progress(cfg, schema, todo)
+    bar, add = _progress(cfg, store.schema, todo)
     dask_run: DaskRun | None = None
     t0 = time.perf_counter()
     try:
@@ -130,17 +148,17 @@ def run(cfg: CacheConfig) -> dict[str, Any]:
             dask_run = _run_on_dask(cfg, ds, store, opts, teacher_sha256, todo, bar, add)
             stats = dask_run.stats
         else:
-            stats = cache_shards(teacher, ds, store, todo, opts,
+            stats = cache_shards(teacher, ds, store, todo, opts, before_submit=lock.check,
                                  on_written=lambda shard, nbytes: add(len(shard.sample_ids), nbytes))  # fmt: skip
     finally:
         bar.close()
     seconds = dask_run.seconds if dask_run else time.perf_counter() - t0
     summary = _summary(cfg, store, stats, seconds, len(todo), device, dask_run)
+    lock.check()  # a run that lost the store to another writer must not claim it
     if stats.shards:  # a no-op rerun leaves the record of the run that did the work
         store.set_attrs({"last_run": _run_attrs(cfg, summary)})  # last: after every shard
     if dask_run is not None:
         _check_dask_complete(store, dask_run.shards)
-    store.close()
     return summary
 
 

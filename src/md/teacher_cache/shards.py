@@ -78,6 +78,7 @@ def cache_shards(
     opts: ShardOptions,
     *,
     on_written: Callable[[Shard, int], None] | None = None,
+    before_submit: Callable[[], None] | None = None,
 ) -> ShardStats:
     """Run `teacher` (eval mode, on its device) over `shards` of `dataset` and write each one
     whole into `store` (opened 'r+'); dataset index i is store sample i.
@@ -85,6 +86,8 @@ def cache_shards(
     Teacher compute runs here while a writer thread encodes and writes the previous shards.
     On an interrupt or crash every shard already computed is still written and the shard in
     progress stays unwritten (see `md.teacher_cache.writer`); the exception propagates.
+    `before_submit` runs before each shard is handed to the writer (the writer lock's check:
+    a run that lost its store stops there).
     """
     batches = shard_batches(store.schema, shards, opts.batch_size)
     loader = DataLoader(
@@ -100,6 +103,8 @@ def cache_shards(
             stream = stack.enter_context(Prefetcher(stream, opts.read_ahead, "md-cache-read"))
         computed = _computed_shards(teacher, stream, batches, store.schema, opts, stats)
         for submitted, shard in enumerate(computed, start=1):
+            if before_submit is not None:
+                before_submit()
             writer.submit(shard)
             if submitted == opts.stop_after_shards:
                 break
