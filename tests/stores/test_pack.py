@@ -286,7 +286,8 @@ def test_oversized_manifest_is_refused_unread(
     local_store: Path, tmp_path: Path, opened: list[str]
 ) -> None:
     files = _packed(local_store, tmp_path)
-    files[MANIFEST_NAME] += b" " * MiB  # still valid JSON, but no manifest of 50 entries is this big
+    # Still valid JSON, but no manifest of this store's members is anywhere near this big.
+    files[MANIFEST_NAME] += b" " * MiB
     src = write_zip(tmp_path / "fat.zip", files)
     opened.clear()
     with pytest.raises(StoreError, match=rf"{MANIFEST_NAME} declares \d+ bytes, more than \d+"):
