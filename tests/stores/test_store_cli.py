@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
+from crafted_zips import members, write_zip
 
 from md.cli import main
 
@@ -63,3 +64,19 @@ def test_every_option_has_help() -> None:
         for param in cmd.params:
             if param.param_type_name == "option":
                 assert getattr(param, "help", None), f"{name} {param.name}"
+
+
+def test_compressed_zip_is_refused_in_one_line_and_leaves_nothing(
+    local_store: Path, tmp_path: Path
+) -> None:
+    packed = tmp_path / "s.zip"
+    _run("pack", str(local_store), str(packed))
+    bad = write_zip(tmp_path / "bad.zip", members(packed), deflate=["zarr.json"])
+    dest = tmp_path / "u.zarr"
+    for args in (("unpack", str(bad), str(dest)), ("verify", str(bad))):
+        err = _run(*args, expect=2)
+        assert err.splitlines() == [
+            f"md: error: {bad}: member zarr.json is compressed (deflate); `md store pack` "
+            "writes uncompressed zips, read in place: re-pack the store with `md store pack`"
+        ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.zip", "s.zip", "store.zarr"]

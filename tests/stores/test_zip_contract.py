@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 from contract import ATTRS, Builder, StoreContract, build_local, write_shards
+from crafted_zips import members, patch_central, write_zip
 
 from md.errors import StoreError
-from md.stores import StoreSchema, create_store, pack
+from md.stores import StoreSchema, create_store, info, open_store, pack
 
 
 class TestZipStore(StoreContract):
@@ -64,3 +65,25 @@ class TestFsspecMemoryStore(StoreContract):
     @pytest.fixture
     def missing_url(self) -> str:
         return f"memory://md-tests/{uuid.uuid4().hex}/absent.zarr"
+
+
+@pytest.mark.parametrize(
+    ("kind", "match"),
+    [("deflate", r"member zarr\.json is compressed \(deflate\)"), ("encrypt", "is encrypted")],
+)
+def test_zip_store_refuses_members_it_would_have_to_inflate(
+    tmp_path: Path, kind: str, match: str
+) -> None:
+    from contract import tiny_schema
+
+    packed = tmp_path / "s.zip"
+    pack(build_local(tmp_path / "src.zarr", tiny_schema()), packed)
+    if kind == "deflate":
+        bad = write_zip(tmp_path / "bad.zip", members(packed), deflate=["zarr.json"])
+    else:
+        bad = packed
+        patch_central(bad, "zarr.json", flags=1)
+    with pytest.raises(StoreError, match=match):
+        open_store(bad)
+    with pytest.raises(StoreError, match=match):
+        info(bad)

@@ -87,6 +87,8 @@ def unpack_cmd(zip_path: str, out_dir: str) -> None:
     """Unpack OUT.zip into DEST after checking every member's sha256.
 
     DEST is a new (or empty) directory, or an empty prefix such as s3://bucket/run.zarr.
+    Compressed members, and sizes that disagree with the manifest, are refused before
+    anything is read; members are copied in 1 MiB pieces.
     """
     dest = store_unpack(zip_path, out_dir)
     click.echo(f"unpacked {zip_path} into {dest}")

@@ -2,6 +2,7 @@
 
 - a directory path (or ``file://``): `zarr.storage.LocalStore`, read-write;
 - a path ending in ``.zip``: `zarr.storage.ZipStore`, read-only (made by `md store pack`);
+  a zip with compressed, encrypted or inconsistently sized members is refused on open;
 - any other ``scheme://`` URL (``s3://``, ``memory://``, ...): `zarr.storage.FsspecStore`.
   ``s3://bucket/prefix`` needs s3fs (``pip install 'md[s3]'``) and takes the usual AWS
   settings: ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` or ``AWS_PROFILE`` (``~/.aws``),
@@ -46,6 +47,11 @@ BackendKind = Literal["local", "zip", "fsspec"]
 _CHUNK_KEY = re.compile(r"(^|/)c(/\d+)+$")
 _INDEX_CACHE_MAX = 1 << 16  # entries; an index is 16 bytes per chunk + 4
 _S3_SCHEMES = ("s3", "s3a")
+_ZIP_METHODS = {
+    zipfile.ZIP_DEFLATED: "deflate",
+    zipfile.ZIP_BZIP2: "bzip2",
+    zipfile.ZIP_LZMA: "lzma",
+}
 # Backend exceptions by class name (botocore / aiohttp come with s3fs, which is optional).
 _NO_CREDENTIALS = frozenset(
     ("NoCredentialsError", "PartialCredentialsError", "ProfileNotFound", "CredentialRetrievalError")
@@ -125,7 +131,42 @@ def _open_zip(loc: Location, writable: bool) -> Store:
         )
     if not zipfile.is_zipfile(loc.path):
         raise StoreError(f"{loc.path} is not a readable zip file: re-pack it with `md store pack`")
+    # ZipStore would inflate a compressed member whole on every read (a small zip can hold
+    # gigabytes of zeros); stored members whose sizes agree read no more than the file holds.
+    # One pass over the central directory, before any member is read.
+    try:
+        with zipfile.ZipFile(loc.path) as zf:
+            for info in zf.infolist():
+                check_stored_member(loc.path, info)
+    except zipfile.BadZipFile as e:
+        raise StoreError(
+            f"{loc.path} is not a readable zip file ({e}): re-pack it with `md store pack`"
+        ) from None
     return ZipStore(loc.path, mode="r")
+
+
+def check_stored_member(zip_path: str | os.PathLike[str], info: zipfile.ZipInfo) -> None:
+    """Refuse a member that is not as `md store pack` writes it: compressed, encrypted, or
+    with a compressed size that differs from its size (stored data is its own size).
+    Looks at the central directory only: nothing is read."""
+    name = info.filename
+    if info.compress_type != zipfile.ZIP_STORED:
+        method = _ZIP_METHODS.get(info.compress_type, f"method {info.compress_type}")
+        raise StoreError(
+            f"{zip_path}: member {name} is compressed ({method}); `md store pack` writes "
+            "uncompressed zips, read in place: re-pack the store with `md store pack`"
+        )
+    if info.flag_bits & 0x1:
+        raise StoreError(
+            f"{zip_path}: member {name} is encrypted; `md store pack` writes unencrypted zips: "
+            "re-pack the store with `md store pack`"
+        )
+    if info.file_size != info.compress_size:
+        raise StoreError(
+            f"{zip_path}: member {name} declares {info.file_size} bytes but stores "
+            f"{info.compress_size} (the zip is damaged or forged): re-pack the store with "
+            "`md store pack`"
+        )
 
 
 def _scheme(url: str) -> str:

@@ -7,6 +7,11 @@ sorted members, so packing the same store twice gives the same bytes. A manifest
 (``md_manifest.json``: sha256 and size per member) goes in last; `unpack` and `verify` check it.
 `unpack` refuses absolute paths, ``..``, backslashes, drive letters, links, members not in
 the manifest, and extracts into a temporary sibling that is renamed only when all is well.
+Before reading any member, `unpack` and `verify` check the central directory: every member
+stored (not compressed: a small zip could inflate to gigabytes), its declared size that of
+its manifest entry, the manifest itself no bigger than its entries need. Members are then
+hashed and copied in 1 MiB reads, never read past their manifest size, so memory stays
+bounded whatever the zip claims.
 Object stores have no rename: there `unpack` uploads the root ``zarr.json`` last (until it
 lands the prefix is no store, and `md store info` says so), and removes what it uploaded if
 it fails.
@@ -23,7 +28,7 @@ import re
 import shutil
 import stat
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -34,6 +39,7 @@ from md.errors import StoreError
 from md.stores.backends import (
     CheckedStore,
     Location,
+    check_stored_member,
     has_objects,
     key_exists,
     list_keys,
@@ -48,6 +54,11 @@ MANIFEST_VERSION = 1
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: reproducible zips
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _WINDOW = 16  # objects in flight at once when reading from / writing to an object store
+_WINDOW_BYTES = 256 << 20  # bytes of objects held at once to upload (or one bigger object)
+_READ_CHUNK = 1 << 20  # bytes per read while hashing / copying a member
+# A manifest entry is its name (JSON-escaped: <= 12 bytes per character) plus ~130 bytes of
+# sha256, size and indentation; a manifest bigger than this allows is refused unread.
+_MANIFEST_BASE, _MANIFEST_PER_ENTRY, _MANIFEST_PER_CHAR = 4096, 256, 12
 
 
 def pack(
@@ -169,11 +180,12 @@ def unpack(zip_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]) ->
         with _open_zip(src) as zf:
             entries = _checked_members(zf, src)
             for name, want in entries.items():
-                data = _read_member(zf, src, name)
-                _check_digest(src, name, data, want)
+                # Straight into the temporary tree: a member that fails its check is
+                # removed with the tree, and nothing is renamed into place.
                 target = tmp.joinpath(*PurePosixPath(name).parts)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
+                with target.open("wb") as out:
+                    _copy_member(zf, src, name, want, out.write)
         if dest.exists():
             dest.rmdir()
         tmp.rename(dest)
@@ -192,11 +204,11 @@ def _unpack_to_url(src: Path, loc: Location) -> None:
         with _open_zip(src) as zf:
             entries = _checked_members(zf, src)
             names = sorted(entries, key=lambda n: n == "zarr.json")  # stable: root last
-            for start in range(0, len(names), _WINDOW):
-                window = names[start : start + _WINDOW]
-                blobs = [_read_member(zf, src, name) for name in window]
-                for name, data in zip(window, blobs, strict=True):
-                    _check_digest(src, name, data, entries[name])
+            sizes = {name: int(entries[name]["size"]) for name in names}
+            for window in _windows(names, sizes):
+                # store.set takes whole objects: each is checked (its manifest size bounds
+                # it) before the window is uploaded, and a window holds <= _WINDOW_BYTES.
+                blobs = [_member_bytes(zf, src, name, entries[name]) for name in window]
                 sync(_set_all(store, window, blobs))
                 uploaded += window
     except BaseException:
@@ -204,6 +216,27 @@ def _unpack_to_url(src: Path, loc: Location) -> None:
         raise
     finally:
         store.close()
+
+
+def _windows(
+    names: Sequence[str],
+    sizes: Mapping[str, int],
+    *,
+    max_objects: int = _WINDOW,
+    max_bytes: int = _WINDOW_BYTES,
+) -> Iterator[list[str]]:
+    """`names` in order, in batches of at most `max_objects` objects and `max_bytes` bytes
+    (an object bigger than that goes alone): what an upload holds in memory at once."""
+    window: list[str] = []
+    held = 0
+    for name in names:
+        if window and (len(window) == max_objects or held + sizes[name] > max_bytes):
+            yield window
+            window, held = [], 0
+        window.append(name)
+        held += sizes[name]
+    if window:
+        yield window
 
 
 async def _set_all(store: CheckedStore, keys: Sequence[str], blobs: Sequence[bytes]) -> None:
@@ -234,7 +267,7 @@ def check_manifest(zip_path: str | os.PathLike[str]) -> list[str]:
             problems = []
             for name, want in entries.items():
                 try:
-                    _check_digest(src, name, _read_member(zf, src, name), want)
+                    _copy_member(zf, src, name, want, _discard)
                 except StoreError as e:
                     problems.append(str(e))
             return problems
@@ -245,27 +278,43 @@ def check_manifest(zip_path: str | os.PathLike[str]) -> list[str]:
 def _open_zip(src: Path) -> zipfile.ZipFile:
     if not zipfile.is_zipfile(src):
         raise StoreError(f"{src} is not a readable zip file: re-pack it with `md store pack`")
-    return zipfile.ZipFile(src, "r")
+    try:
+        return zipfile.ZipFile(src, "r")
+    except zipfile.BadZipFile as e:
+        raise StoreError(
+            f"{src} is not a readable zip file ({e}): re-pack it with `md store pack`"
+        ) from None
 
 
 def _checked_members(zf: zipfile.ZipFile, src: Path) -> dict[str, dict[str, Any]]:
-    """Safe member names that match the manifest exactly -> their manifest entries."""
-    names = [info.filename for info in zf.infolist() if not info.is_dir()]
+    """Safe, stored member names that match the manifest exactly, each declaring its
+    manifest size -> their manifest entries. Reads no member but the manifest, and that only
+    once its own declared size is known to be sane."""
+    infos = [info for info in zf.infolist() if not info.is_dir()]
+    names = [info.filename for info in infos]
     for info in zf.infolist():
         _check_name(src, info)
+        check_stored_member(src, info)
     if len(set(names)) != len(names):
         raise StoreError(f"{src}: duplicate member names; re-pack the store")
     if MANIFEST_NAME not in names:
         raise StoreError(
             f"{src}: no {MANIFEST_NAME} (not made by `md store pack`); re-pack the store"
         )
-    files = _read_manifest(zf, src)
+    files = _read_manifest(zf, src, infos)
     members = set(names) - {MANIFEST_NAME}
     extra, lost = sorted(members - set(files)), sorted(set(files) - members)
     if extra or lost:
         raise StoreError(
             f"{src}: members not in the manifest {extra[:5]}, missing members {lost[:5]}; re-pack the store"
         )
+    for info in infos:
+        want = files.get(info.filename)
+        if want is not None and info.file_size != want["size"]:
+            raise StoreError(
+                f"{src}: member {info.filename} declares {info.file_size} bytes, its manifest "
+                f"entry {want['size']}; re-send the zip, or re-pack the store"
+            )
     return {name: files[name] for name in sorted(members)}
 
 
@@ -284,10 +333,23 @@ def _check_name(src: Path, info: zipfile.ZipInfo) -> None:
         raise StoreError(f"{src}: refusing unsafe member {name!r} (absolute path, '..', or link)")
 
 
-def _read_manifest(zf: zipfile.ZipFile, src: Path) -> dict[str, dict[str, Any]]:
+def _read_manifest(
+    zf: zipfile.ZipFile, src: Path, infos: Sequence[zipfile.ZipInfo]
+) -> dict[str, dict[str, Any]]:
+    """The manifest's entries, read only if its declared size fits the members it lists."""
+    cap = _MANIFEST_BASE + sum(
+        _MANIFEST_PER_ENTRY + _MANIFEST_PER_CHAR * len(i.filename) for i in infos
+    )
+    declared = zf.getinfo(MANIFEST_NAME).file_size
+    if declared > cap:
+        raise StoreError(
+            f"{src}: {MANIFEST_NAME} declares {declared} bytes, more than {cap} for "
+            f"{len(infos)} members; re-pack the store with `md store pack`"
+        )
     try:
-        manifest = json.loads(zf.read(MANIFEST_NAME))
+        manifest = json.loads(_member_bytes(zf, src, MANIFEST_NAME, {"size": declared}))
         ok = manifest.get("format") == MANIFEST_FORMAT and isinstance(manifest.get("files"), dict)
+        ok = ok and all(map(_entry_ok, manifest["files"].values()))
     except (ValueError, AttributeError):
         ok = False
     if not ok:
@@ -299,15 +361,49 @@ def _read_manifest(zf: zipfile.ZipFile, src: Path) -> dict[str, dict[str, Any]]:
     return dict(manifest["files"])
 
 
-def _read_member(zf: zipfile.ZipFile, src: Path, name: str) -> bytes:
+def _entry_ok(entry: Any) -> bool:
+    """A manifest entry: {"sha256": str, "size": int >= 0}."""
+    if not isinstance(entry, dict):
+        return False
+    size = entry.get("size")
+    sized = isinstance(size, int) and not isinstance(size, bool) and size >= 0
+    return sized and isinstance(entry.get("sha256"), str)
+
+
+def _copy_member(
+    zf: zipfile.ZipFile,
+    src: Path,
+    name: str,
+    want: Mapping[str, Any],
+    write: Callable[[bytes], object],
+) -> None:
+    """Pass member `name` to `write` in `_READ_CHUNK` pieces, hashing them; refuse it if
+    its size or sha256 is not `want`'s (the sha256 is skipped when `want` has none, as
+    for the manifest). Reads at most one byte past the manifest size: a reader that yields
+    more than the central directory declared is caught without reading the rest."""
+    limit = int(want["size"]) + 1
+    digest, got = hashlib.sha256(), 0
     try:
-        return zf.read(name)
+        with zf.open(name) as member:
+            while got < limit and (piece := member.read(min(_READ_CHUNK, limit - got))):
+                digest.update(piece)
+                write(piece)
+                got += len(piece)
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise StoreError(f"{src}: member {name} is unreadable ({e}); re-send the zip") from None
-
-
-def _check_digest(src: Path, name: str, data: bytes, want: dict[str, Any]) -> None:
-    if len(data) != want.get("size") or hashlib.sha256(data).hexdigest() != want.get("sha256"):
+    sha = want.get("sha256")
+    if got != want["size"] or (sha is not None and digest.hexdigest() != sha):
         raise StoreError(
             f"{src}: member {name} does not match its manifest sha256 (corrupt in transit); re-send the zip"
         )
+
+
+def _member_bytes(zf: zipfile.ZipFile, src: Path, name: str, want: Mapping[str, Any]) -> bytes:
+    """The whole (checked) member, for callers that need it in one piece."""
+    pieces: list[bytes] = []
+    _copy_member(zf, src, name, want, pieces.append)
+    return b"".join(pieces)
+
+
+def _discard(piece: bytes) -> None:
+    """A `write` for `_copy_member` that only checks."""

@@ -1,6 +1,7 @@
 """`verify`: read every chunk of a store and report what is wrong, by shard and sample.
 
-Checks, in order: the zip manifest (packed stores), array metadata against the schema
+Checks, in order: the zip manifest (packed stores; a zip with compressed members is refused
+unread, as `md store pack` never writes one), array metadata against the schema
 (shape, dtype, chunks/shards, crc32c present), completeness (``written``), then for every
 written shard every stored array is read (crc32c checksums, missing objects) and checked for
 NaN/Inf (features, scales) and empty/duplicate sample ids. A failing shard is re-read sample
