@@ -62,3 +62,43 @@ def test_saved_config_loads_back(tmp_path):
     cfg = resolve_config(Cfg, overrides=["levels=c5", "lr=0.5"])
     save_config(cfg, tmp_path / "c.yaml")
     assert resolve_config(Cfg, config_file=tmp_path / "c.yaml") == cfg
+
+
+def test_every_preset_of_every_command_is_in_range():
+    """The limits refuse bad values, never a shipped preset or default."""
+    from md.config import check_limits
+    from md.student_train.run import PRESETS as STUDENT
+    from md.student_train.run import StudentTrainConfig
+    from md.teacher_cache.run import CacheConfig
+    from md.train.teacher import PRESETS as TEACHER
+    from md.train.teacher import TeacherTrainConfig
+
+    check_limits(CacheConfig())
+    for cls, presets in ((TeacherTrainConfig, TEACHER), (StudentTrainConfig, STUDENT)):
+        check_limits(cls())
+        for name in presets:
+            resolve_config(cls, presets=presets, preset=name)
+
+
+@pytest.mark.parametrize("override, msg", [
+    ("batch_size=0", "'batch_size': 0 must be >= 1"),
+    ("lr=-1", "'lr': -1 must be > 0"),
+    ("lr=.inf", "'lr': inf is not a finite number"),
+    ("momentum=1", "'momentum': 1 must be >= 0 and < 1"),
+    ("window_shards=0", "'window_shards': 0 must be >= 1"),
+    ("class_weights=[1,-2]", "'class_weights': -2 must be > 0"),
+    ("semantic_weight=-0.5", "'semantic_weight': -0.5 must be >= 0"),
+])
+def test_student_limits_are_checked_when_the_config_loads(override, msg):
+    from md.student_train.run import StudentTrainConfig
+
+    with pytest.raises(ConfigError, match=msg.replace("(", r"\(").replace(".", r"\.")):
+        resolve_config(StudentTrainConfig, overrides=[override])
+
+
+def test_cache_limits_are_checked_by_run_too(tmp_path):
+    """API callers that build the dataclass themselves get the same refusal."""
+    from md.teacher_cache.run import CacheConfig, run
+
+    with pytest.raises(ConfigError, match="'max_queued': 0 must be >= 1"):
+        run(CacheConfig(teacher="t.pt", data="d", store=str(tmp_path / "s"), max_queued=0))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -150,7 +151,54 @@ def resolve_config(
     over = parse_overrides(overrides)
     if over:
         cfg = apply(cfg, over, "key=value override")
+    check_limits(cfg)
     return cfg
+
+
+@dataclasses.dataclass(frozen=True)
+class Limit:
+    """A numeric bound on a config field: ``low <= v`` (``low < v`` if `open_low`), ``v < high``."""
+
+    low: float
+    open_low: bool = False
+    high: float = math.inf
+
+    def ok(self, v: float) -> bool:
+        return (v > self.low if self.open_low else v >= self.low) and v < self.high
+
+    def __str__(self) -> str:
+        text = f"{'>' if self.open_low else '>='} {self.low:g}"
+        return text if self.high == math.inf else f"{text} and < {self.high:g}"
+
+
+POSITIVE = Limit(0, open_low=True)  # sizes, rates, widths: > 0
+AT_LEAST_1 = Limit(1)  # counts of things that must exist: batches, shards, intervals
+NON_NEGATIVE = Limit(0)  # counts where 0 means off / default
+
+
+def check_limits(cfg: Any) -> None:
+    """Refuse out-of-range values in one line, at load time, before any work starts.
+
+    Every float field must be finite; fields named in the class's ``LIMITS`` (merged along
+    its bases, `Limit` per name; a tuple field is checked item by item) must be in range.
+    """
+    limits: dict[str, Limit] = {}
+    for klass in reversed(type(cfg).__mro__):
+        limits.update(getattr(klass, "LIMITS", {}))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        items = value if isinstance(value, tuple) else (value,)
+        for v in items:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"config key {f.name!r}: {v} is not a finite number")
+            limit = limits.get(f.name)
+            if limit is not None and not limit.ok(v):
+                raise ConfigError(
+                    f"config key {f.name!r}: {v:g} must be {limit}; fix it in the preset, "
+                    f"--config file or {f.name}=... override"
+                )
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -174,6 +174,9 @@ def test_level_and_thermal_mismatches_are_refused(det_teacher, synth_det, full_s
     (("--online-teacher", "t.pt", "--store", "s.zarr"), "needs --data"),
     (("--no-distill", "attention=false", "semantic=false"), "pass --data"),
     (("--store", "s.zarr", "attention=false", "semantic=false"), "nothing to distil"),
+    (("--store", "s.zarr", "lr=-1"), "'lr': -1 must be > 0"),
+    (("--store", "s.zarr", "batch_size=0"), "'batch_size': 0 must be >= 1"),
+    (("--store", "s.zarr", "iterations=-5"), "'iterations': -5 must be >= 0"),
 ])
 def test_usage_errors_are_one_line(tmp_path, args, words):
     assert words in _one_line_error(tmp_path / "s.pt", *args)

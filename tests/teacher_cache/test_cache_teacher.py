@@ -4,7 +4,9 @@ provenance, refusals."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from zarr.storage import LocalStore
 
 import md.teacher_cache.shards as shards_module
 from md.data import dataset_fingerprint, open_dataset
@@ -270,6 +273,54 @@ def test_bad_options_are_one_line_errors(other_det_teacher, synth_det, tmp_path)
     err = cache(other_det_teacher, synth_det, tmp_path / "b.zarr", "--bundle-inputs", expect=2)
     assert "--thermal-factor" in err
     assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
+    err = cache(other_det_teacher, synth_det, tmp_path / "c.zarr", "--batch-size", "0", expect=2)
+    assert "Invalid value for '--batch-size': 0 is not in the range x>=1" in err
+    err = cache(other_det_teacher, synth_det, tmp_path / "c.zarr", "max_queued=0", expect=2)
+    assert "'max_queued': 0 must be >= 1" in err and not (tmp_path / "c.zarr").exists()
+
+
+def _full_disk(monkeypatch, keys: str = "") -> None:
+    """Every local store write whose key contains `keys` fails as on a full disk (ENOSPC).
+    Patched on the class, so the forked writer process inherits it."""
+    real = LocalStore.set
+
+    async def full(self, key, value, *args, **kwargs):
+        if keys in key:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.root / key))
+        return await real(self, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(LocalStore, "set", full)
+
+
+def test_a_full_disk_creating_the_store_is_one_line_and_leaves_nothing(
+    det_teacher, synth_det, tmp_path, monkeypatch
+):
+    _full_disk(monkeypatch, keys="attention")  # the layout gets half way
+    store = tmp_path / "s.zarr"
+    err = cache(det_teacher, synth_det, store, expect=2)
+    (line,) = err.strip().splitlines()
+    assert "cannot write a new store: no space left on the disk" in line and "df -h" in line
+    assert not store.exists() or not any(store.iterdir())  # no half store to trip the rerun
+    monkeypatch.undo()
+    cache(det_teacher, synth_det, store)  # once there is space: a plain rerun, no --overwrite
+    assert verify(store).ok
+
+
+def test_a_full_disk_writing_a_shard_says_write_and_keeps_the_finished_ones(
+    det_teacher, synth_det, tmp_path, monkeypatch
+):
+    store = tmp_path / "s.zarr"
+    cache(det_teacher, synth_det, store, "stop_after_shards=1")  # shard 0 is written
+    _full_disk(monkeypatch, keys="/c/1")  # then the disk fills up at shard 1
+    err = cache(det_teacher, synth_det, store, expect=2)
+    (line,) = err.strip().splitlines()
+    assert "cannot write shard 1: no space left on the disk" in line
+    assert "finished shards are kept" in line
+    assert "cannot read" not in line and "verify" not in line
+    monkeypatch.undo()
+    assert open_store(store).missing_shards() == [1, 2]
+    cache(det_teacher, synth_det, store)
+    assert verify(store).ok
 
 
 def test_images_of_other_sizes_are_refused(det_teacher, synth_det, tmp_path):

@@ -61,7 +61,7 @@ def test_resume_refuses_other_options(synth_det, tmp_path):
     _train(synth_det, out, "--task", "detection", "iterations=4", "stop_after=1")
     err = run_cli("train-teacher", "--data", str(synth_det), "--out", str(out), *TINY,
                   "--task", "detection", "iterations=5", "--resume", expect=2)
-    assert "different config" in err
+    assert "different config (iterations: 4 then, 5 now)" in err
     err = run_cli("train-teacher", "--data", str(synth_det), "--out", str(tmp_path / "x.pt"),
                   *TINY, "--task", "detection", "--resume", expect=2)
     assert "nothing to resume" in err
@@ -95,6 +95,9 @@ def test_evaluate_detection_teacher_and_wrong_task(synth_det, synth_seg, tmp_pat
     if results.stat().st_size:
         first = results.read_text().splitlines()[0].split(",")
         assert len(first) == 6 and 1 <= int(first[0]) <= 4
+    err = run_cli("evaluate", "model", str(out), "--data", str(synth_det), "--batch-size", "-1",
+                  expect=2)
+    assert "Invalid value for '--batch-size': -1 is not in the range x>=1" in err
     err = run_cli("evaluate", "model", str(out), "--data", str(synth_seg), expect=2)
     assert "detection checkpoint" in err and "segmentation" in err
 
@@ -114,3 +117,43 @@ def test_autocast_and_channels_last_paths_run(synth_det, tmp_path, amp):
            "channels_last=true", "device=cpu")
     ck = load_checkpoint(out)
     assert all(torch.isfinite(v).all() for v in ck["weights"].values() if v.is_floating_point())
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_resumable(synth_det, tmp_path):
+    """The first resume checkpoint lands on a full disk (its temp file is /dev/full, which
+    fails every write with ENOSPC): one line that says to free space and resume; no
+    ``*.resume.tmp`` left; once there is space, --resume finishes the run."""
+    out = tmp_path / "t.pt"
+    (tmp_path / "t.pt.resume.tmp").symlink_to("/dev/full")
+    err = run_cli("train-teacher", "--data", str(synth_det), "--out", str(out), *TINY,
+                  "--task", "detection", "iterations=12", expect=2)
+    (line,) = err.strip().splitlines()
+    assert "t.pt.resume: cannot write the checkpoint: no space left" in line
+    assert "then rerun with --resume" in line
+    assert not list(tmp_path.glob("*.tmp")) and not out.exists()
+    _train(synth_det, out, "--task", "detection", "iterations=12")
+    assert load_checkpoint(out)["iteration"] == 12
+
+
+@pytest.mark.parametrize("override, msg", [
+    ("iterations=-5", "'iterations': -5 must be >= 0"),
+    ("lr=-1", "'lr': -1 must be > 0"),
+    ("lr=nan", "'lr': nan is not a finite number"),
+    ("batch_size=0", "'batch_size': 0 must be >= 1"),
+    ("width=0", "'width': 0 must be > 0"),
+])
+def test_out_of_range_config_is_refused_before_any_work(synth_det, tmp_path, override, msg):
+    out = tmp_path / "t.pt"
+    err = run_cli("train-teacher", "--data", str(synth_det), "--out", str(out), *TINY,
+                  "--task", "detection", override, expect=2)
+    assert msg in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())  # nothing written, not even the config
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_gpu_preset_on_a_cpu_machine_names_device_cpu(synth_det, tmp_path):
+    err = run_cli("train-teacher", "--data", str(synth_det), "--out", str(tmp_path / "t.pt"),
+                  "--preset", "gpu-full", "--task", "detection", "progress=false", expect=2)
+    (line,) = err.strip().splitlines()
+    assert "device=cuda, but this machine has no usable CUDA" in line
+    assert "pass device=cpu" in line and not list(tmp_path.iterdir())

@@ -40,7 +40,7 @@ def _inputs_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Task of the synthetic set-up (ignored when --data is given)."),
         click.option("--device", default="auto", show_default=True,
                      help="auto | cpu | cuda | cuda:N."),
-        click.option("--threads", type=int, default=0,
+        click.option("--threads", type=click.IntRange(min=0), default=0,
                      help="torch CPU threads (0: torch's default)."),
         click.option("--json", "as_json", is_flag=True,
                      help="Print JSON (the only output format; accepted for scripts)."),
@@ -85,10 +85,10 @@ def _threads(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @bench.command("codecs")
 @_inputs_options
-@click.option("--samples", type=int, default=64, show_default=True,
+@click.option("--samples", type=click.IntRange(min=1), default=64, show_default=True,
               help="Samples whose features are encoded.")
-@click.option("--shard-size", type=int, default=16, show_default=True, help="Store shard size.")
-@click.option("--repeats", type=int, default=3, show_default=True, help="Speed rounds (best).")
+@click.option("--shard-size", type=click.IntRange(min=1), default=16, show_default=True, help="Store shard size.")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Speed rounds (best).")
 @_threads
 def codecs(data: str | None, teacher: str | None, store: str | None, task: str, device: str,
            as_json: bool, samples: int, shard_size: int, repeats: int) -> None:
@@ -104,9 +104,9 @@ def codecs(data: str | None, teacher: str | None, store: str | None, task: str, 
 @click.option("--task", type=TASK, default="detection", show_default=True, help="Task head.")
 @click.option("--size", type=_Size(), default="640x512", show_default=True,
               help="Image size WxH (the paper: 640x512; smaller for quick CPU checks).")
-@click.option("--width", type=float, default=1.0, show_default=True,
+@click.option("--width", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="Trunk width (1 = the paper's ResNet-18).")
-@click.option("--head-channels", type=int, default=128, show_default=True,
+@click.option("--head-channels", type=click.IntRange(min=1), default=128, show_default=True,
               help="Neck / PSP channels of the task heads.")
 @click.option("--head-input", type=click.Choice(["attended", "transfer", "trunk"]),
               default="attended", show_default=True,
@@ -114,9 +114,9 @@ def codecs(data: str | None, teacher: str | None, store: str | None, task: str, 
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]),
               default="float32", show_default=True, help="Autocast dtype (float32: none).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
-@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed calls.")
-@click.option("--repeats", type=int, default=20, show_default=True, help="Timed calls.")
-@click.option("--threads", type=int, default=0, help="torch CPU threads (0: torch's default).")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed calls.")
+@click.option("--repeats", type=click.IntRange(min=1), default=20, show_default=True, help="Timed calls.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="torch CPU threads (0: torch's default).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the only output format).")
 @_threads
 def latency(task: str, size: tuple[int, int], width: float, head_channels: int, head_input: str,
@@ -133,9 +133,9 @@ def latency(task: str, size: tuple[int, int], width: float, head_channels: int, 
 @_inputs_options
 @click.option("--preset", type=click.Choice(["cpu-tiny", "cpu-demo", "gpu-full"]), default=None,
               help="md train-student preset (its width must match the teacher's).")
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Student batch.")
-@click.option("--steps", type=int, default=5, show_default=True, help="Timed steps per mode.")
-@click.option("--warmup", type=int, default=2, show_default=True, help="Untimed steps.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Student batch.")
+@click.option("--steps", type=click.IntRange(min=1), default=5, show_default=True, help="Timed steps per mode.")
+@click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True, help="Untimed steps.")
 @click.argument("overrides", nargs=-1)
 @_threads
 def train_step(data: str | None, teacher: str | None, store: str | None, task: str,
@@ -155,11 +155,11 @@ def train_step(data: str | None, teacher: str | None, store: str | None, task: s
 @_inputs_options
 @click.option("--preset", type=click.Choice(["cpu-tiny", "cpu-demo", "gpu-full"]), default=None,
               help="md train-student preset.")
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Student batch.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Student batch.")
 @click.option("--workers", default="0,1,2", show_default=True, help="Worker counts to time.")
-@click.option("--batches", type=int, default=20, show_default=True,
+@click.option("--batches", type=click.IntRange(min=1), default=20, show_default=True,
               help="Timed loader batches per worker count.")
-@click.option("--steps", type=int, default=5, show_default=True, help="Timed training steps.")
+@click.option("--steps", type=click.IntRange(min=1), default=5, show_default=True, help="Timed training steps.")
 @click.argument("overrides", nargs=-1)
 @_threads
 def loader(data: str | None, teacher: str | None, store: str | None, task: str, device: str,
@@ -178,9 +178,9 @@ def loader(data: str | None, teacher: str | None, store: str | None, task: str, 
 
 @bench.command("cache")
 @_inputs_options
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Teacher batch.")
-@click.option("--shard-size", type=int, default=16, show_default=True, help="Store shard size.")
-@click.option("--repeats", type=int, default=3, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Teacher batch.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=16, show_default=True, help="Store shard size.")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
               help="Interleaved rounds (the best of each is kept).")
 @click.option("--dask-workers", default="", show_default=False,
               help="Also time Dask runs on local clusters of these worker counts, e.g. 1,2 "

@@ -46,11 +46,11 @@ from md.config import resolve_config
 )
 @click.option(
     "--shard-size",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
     help="Samples per shard: the unit of writing and resuming [16].",
 )
-@click.option("--batch-size", type=int, default=None, help="Teacher batch size [8].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Teacher batch size [8].")
 @click.option(
     "--flip-views",
     is_flag=True,
@@ -82,7 +82,7 @@ from md.config import resolve_config
     default=None,
     help="bf16 autocast of the teacher forward [none: fp32].",
 )
-@click.option("--num-workers", type=int, default=None, help="DataLoader processes [0].")
+@click.option("--num-workers", type=click.IntRange(min=0), default=None, help="DataLoader processes [0].")
 @click.option(
     "--scheduler",
     default=None,
@@ -90,7 +90,7 @@ from md.config import resolve_config
 )
 @click.option(
     "--workers",
-    type=int,
+    type=click.IntRange(min=0),
     default=None,
     help="Run one Dask task per shard on a local cluster of N worker processes (1 thread each).",
 )

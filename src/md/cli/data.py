@@ -48,12 +48,12 @@ class _Size(click.ParamType):
 )
 @click.option(
     "--n-train",
-    type=int,
+    type=click.IntRange(min=1),
     default=64,
     show_default=True,
     help="Samples in train.txt (even indices day, odd night).",
 )
-@click.option("--n-test", type=int, default=32, show_default=True, help="Samples in test.txt.")
+@click.option("--n-test", type=click.IntRange(min=1), default=32, show_default=True, help="Samples in test.txt.")
 @click.option(
     "--size",
     type=_Size(),
@@ -62,7 +62,7 @@ class _Size(click.ParamType):
 )
 @click.option(
     "--seed",
-    type=int,
+    type=click.IntRange(min=0),
     default=0,
     show_default=True,
     help="Seed; the same arguments always give byte-identical files.",

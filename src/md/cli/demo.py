@@ -14,7 +14,7 @@ import click
               show_default=True, help="detection: KAIST layout; segmentation: MFNet layout.")
 @click.option("--seeds", default="0", show_default=True,
               help="Comma-separated student seeds (the table shows mean ± SE).")
-@click.option("--workers", type=int, default=2, show_default=True,
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="Students trained at once (one torch thread each).")
 def demo(out: str, quick: bool, task: str, seeds: str, workers: int) -> None:
     """Run the whole MD pipeline on synthetic data and write OUT/report.md.

@@ -131,7 +131,8 @@ def _thermal_factor(value: str | None) -> int | None:
 @click.option("--save-results", type=click.Path(path_type=Path), default=None,
               help="Detection: write a KAIST-format results file here. Segmentation: write "
                    "prediction PNGs into this folder.")
-@click.option("--batch-size", default=8, show_default=True, help="Images per forward pass.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Images per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--latency", is_flag=True, help="Also time batch-1 inference (median ms).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from md.errors import MdError
+from md.errors import MdError, disk_error
 
 
 def error_prefix() -> str:
@@ -20,13 +20,20 @@ def error_prefix() -> str:
 
 
 class MdGroup(click.Group):
-    """Turns `MdError` into one line, ``md: error: ...``, and exit status 2 (no traceback)."""
+    """Turns `MdError` (and an OSError of a full disk, read-only filesystem or missing
+    permission) into one line, ``md: error: ...``, and exit status 2 (no traceback)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except MdError as e:
             click.echo(f"{error_prefix()} {e}", err=True)
+            ctx.exit(2)
+        except OSError as e:  # a write no command anticipated: a full disk is still one line
+            err = disk_error(e, e.filename or "a file", "its output")
+            if err is None:
+                raise
+            click.echo(f"{error_prefix()} {err}", err=True)
             ctx.exit(2)
 
 

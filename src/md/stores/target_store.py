@@ -44,7 +44,7 @@ from zarr.core.sync import sync  # zarr's own bridge onto its event loop
 from zarr.storage import MemoryStore, StorePath
 
 from md import __version__
-from md.errors import IncompleteStoreError, StoreError
+from md.errors import IncompleteStoreError, StoreError, disk_error
 from md.stores.backends import (
     CheckedStore,
     Location,
@@ -156,8 +156,15 @@ def _upload_layout(store: CheckedStore, bare_root: Buffer, objects: Mapping[str,
             await asyncio.gather(*(store.set(key, objects[key]) for key in window))
         await store.set("zarr.json", objects["zarr.json"])
 
-    with store.writing():
-        sync(upload())
+    try:
+        with store.writing():
+            sync(upload())
+    except OSError as e:
+        # A half-laid-out store would be refused as "not fully created": remove what landed
+        # (it also frees the space) so a plain rerun, once the disk has room, creates it.
+        with contextlib.suppress(Exception):
+            sync(store.delete_dir(""))
+        raise _write_error(store.url, "a new store", e) from None
 
 
 def open_store(url: str | os.PathLike[str], mode: Mode = "r") -> TargetStore:
@@ -541,7 +548,7 @@ class TargetStore:
         )
         payload["group"] = _checked_strings(groups, len(rng), "groups", where, allow_empty=True)
         sel = slice(rng.start, rng.stop)
-        with self._errors(f"shard {k}"), h.store.writing():
+        with self._errors(f"shard {k}", writing=True), h.store.writing():
             if overwrite:
                 h.array("written")[sel] = False
                 h.known_written.discard(k)
@@ -678,8 +685,9 @@ class TargetStore:
             raise StoreError(f"{self.url}: no arrays {unknown}; readable names are {known}")
 
     @contextlib.contextmanager
-    def _errors(self, name: str) -> Iterator[None]:
-        """Zarr/backend failures on `name` -> one-line StoreError naming store and fix."""
+    def _errors(self, name: str, *, writing: bool = False) -> Iterator[None]:
+        """Zarr/backend failures on `name` -> one-line StoreError naming store and fix (a
+        failed write is a write: a full disk says so, not "cannot read")."""
         try:
             yield
         except MissingChunkError as e:
@@ -688,9 +696,21 @@ class TargetStore:
                 f"the store is damaged: run `md store verify {self.url}` and rebuild that shard"
             ) from None
         except (ValueError, RuntimeError, OSError) as e:
+            if writing:
+                if isinstance(e, OSError):
+                    raise _write_error(self.url, name, e) from None
+                raise StoreError(f"{self.url}: cannot write {name} ({e})") from None
             raise StoreError(
                 f"{self.url}: cannot read {name} ({e}); run `md store verify {self.url}` to find the bad shard"
             ) from None
+
+
+def _write_error(url: str, what: str, error: OSError) -> StoreError:
+    """A failed write as one line: the disk's fix if it is about the disk, else the cause."""
+    disk = disk_error(error, url, what, "rerun the same command: finished shards are kept")
+    if disk is not None:
+        return StoreError(str(disk))
+    return StoreError(f"{url}: cannot write {what} ({type(error).__name__}: {error})")
 
 
 def shard_object_key(arr: zarr.Array, k: int) -> str:

@@ -41,14 +41,14 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from md.config import config_to_dict, save_config
+from md.config import AT_LEAST_1, NON_NEGATIVE, Limit, check_limits, config_to_dict, save_config
 from md.data import PairedDataset, collate, dataset_fingerprint, open_dataset
 from md.data.class_weights import enet_weights, label_frequencies
 from md.data.transforms import check_crop
@@ -117,6 +117,12 @@ class StudentTrainConfig(recipe.RecipeConfig):
     shard_groups: int = 0  # G disjoint shard groups per batch (a multiple of W); 0 = W processes
     sync_batchnorm: bool = True  # BatchNorm statistics over the global batch, not per process
     dist_timeout_s: int = 600  # a rank waiting longer than this on the others fails
+
+    LIMITS: ClassVar[dict[str, Limit]] = {
+        **recipe.RUN_LIMITS, "attention_weight": NON_NEGATIVE, "semantic_weight": NON_NEGATIVE,
+        "crop": Limit(32), "window_shards": AT_LEAST_1, "prefetch_factor": AT_LEAST_1,
+        "shard_groups": NON_NEGATIVE, "dist_timeout_s": AT_LEAST_1,
+    }  # fmt: skip
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -530,6 +536,7 @@ def run(cfg: StudentTrainConfig, *, out: str | Path, resume: bool = False) -> di
     """Train a student; writes OUT, OUT-stem.{metrics.jsonl,loss.png,config.yaml}.
 
     Under torchrun (WORLD_SIZE > 1) every process calls this; rank 0 writes the files."""
+    check_limits(cfg)
     out = Path(out)
     env = distributed.env_from()
     check_world(cfg, env.world_size)  # before any process waits on the others

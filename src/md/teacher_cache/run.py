@@ -24,13 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from PIL import Image
 from tqdm import tqdm
 
-from md.config import config_to_dict
+from md.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Limit, check_limits, config_to_dict
 from md.data import PairedDataset, dataset_fingerprint, open_dataset
 from md.data.kaist import parse_bbgt
 from md.data.transforms import thermal_side_divisor
@@ -90,10 +90,17 @@ class CacheConfig:
     resources: str = ""  # Dask resources every shard task needs, e.g. GPU=1 (workers offer them)
     dask_timeout_s: float = 30.0  # seconds to reach the scheduler / to be without any worker
 
+    LIMITS: ClassVar[dict[str, Limit]] = {
+        "shard_size": AT_LEAST_1, "batch_size": AT_LEAST_1, "num_workers": NON_NEGATIVE,
+        "read_ahead": NON_NEGATIVE, "max_queued": AT_LEAST_1, "stop_after_shards": NON_NEGATIVE,
+        "workers": NON_NEGATIVE, "dask_timeout_s": POSITIVE,
+    }  # fmt: skip
+
 
 def run(cfg: CacheConfig) -> dict[str, Any]:
     """Cache the teacher's targets for ``cfg.split`` into ``cfg.store``; returns a summary
     (see `_summary`). Finished shards of an earlier run are skipped."""
+    check_limits(cfg)
     _check_config(cfg)
     teacher, ckpt = load_teacher(cfg.teacher)
     ds = open_dataset(cfg.data, split=cfg.split)

@@ -87,6 +87,7 @@ def device_for(env: DistEnv, device: str) -> torch.device:
     if device.startswith("cuda:"):
         raise ConfigError(f"device={device} under torchrun: each process uses cuda:LOCAL_RANK; "
                           "pass device=cuda (or auto)")
+    recipe.resolve_device(device)  # a CUDA this machine lacks: one line naming device=cpu
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if not use_cuda:
         return torch.device(device if device != "auto" else "cpu")

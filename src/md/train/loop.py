@@ -68,6 +68,11 @@ def sidecar(out: Path, suffix: str) -> Path:
     return out.with_name(out.stem + "." + suffix)
 
 
+# What to do after a failed checkpoint write: the last resume file is intact (atomic saves)
+# and is removed only after the final checkpoint is written.
+_RESUME = "rerun with --resume: training continues from its last checkpoint"
+
+
 def resume_path(out: Path) -> Path:
     return out.with_name(out.name + ".resume")
 
@@ -135,7 +140,7 @@ def train_loop(
         if main:
             save_checkpoint(resume_path(out), {**meta, "iteration": iteration,
                                                "weights": model.state_dict(),
-                                               "optimizer": opt.state_dict()})
+                                               "optimizer": opt.state_dict()}, then=_RESUME)
 
     t0, done = time.perf_counter(), start  # done: iterations whose step has completed
     last: dict[str, float] = {}
@@ -167,7 +172,8 @@ def train_loop(
         bar.close()
     model.eval()
     if main:
-        save_checkpoint(out, {**meta, "iteration": s.iterations, "weights": model.state_dict()})
+        save_checkpoint(out, {**meta, "iteration": s.iterations, "weights": model.state_dict()},
+                        then=_RESUME)
         resume_path(out).unlink(missing_ok=True)
         plot_loss_curves(sidecar(out, "metrics.jsonl"), sidecar(out, "loss.png"), title=desc)
     distributed.barrier(dist)
@@ -210,9 +216,13 @@ def _restore(model: nn.Module, opt: torch.optim.Optimizer, out: Path, meta: dict
         raise MdError(f"{path}: nothing to resume (no resume file beside {out.name}); "
                       "run without --resume")
     ckpt = load_checkpoint(path, task=meta.get("task"), model_kind=meta.get("model_kind"))
-    if training_identity(ckpt.get("config")) != training_identity(meta.get("config")):
-        raise MdError(f"{path}: the interrupted run used a different config; resume with the "
-                      "same options, or start over without --resume")
+    then, now = training_identity(ckpt.get("config")), training_identity(meta.get("config"))
+    if then != now:
+        keys = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
+        diff = ", ".join(f"{k}: {then.get(k)!r} then, {now.get(k)!r} now" for k in keys[:4])
+        more = f" (+{len(keys) - 4} more)" if len(keys) > 4 else ""
+        raise MdError(f"{path}: the interrupted run used a different config ({diff}{more}); "
+                      "resume with the same options, or start over without --resume")
     if ckpt.get("dataset_fingerprint") != meta.get("dataset_fingerprint"):
         raise MdError(f"{path}: the interrupted run used different data; resume with the same "
                       "dataset, or start over without --resume")

@@ -9,10 +9,14 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
+
+from md.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Limit
+from md.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,21 @@ class RecipeConfig:
     warmup_iters: int = 500
     warmup_start_lr: float = 1e-6
     seed: int = 0
+
+    # Checked when the config is loaded (md.config.check_limits), with every subclass's own.
+    LIMITS: ClassVar[dict[str, Limit]] = {
+        "iterations": NON_NEGATIVE, "batch_size": AT_LEAST_1, "lr": POSITIVE,
+        "momentum": Limit(0, high=1), "weight_decay": NON_NEGATIVE,
+        "warmup_iters": NON_NEGATIVE, "warmup_start_lr": NON_NEGATIVE, "seed": NON_NEGATIVE,
+    }  # fmt: skip
+
+
+# Fields every training command shares beyond the recipe (device, loader, logging cadence).
+RUN_LIMITS: dict[str, Limit] = {
+    "width": NON_NEGATIVE, "head_channels": AT_LEAST_1, "num_workers": NON_NEGATIVE,
+    "log_every": AT_LEAST_1, "checkpoint_every": AT_LEAST_1, "stop_after": NON_NEGATIVE,
+    "class_weights": POSITIVE,
+}  # fmt: skip
 
 
 def lr_at(iteration: int, *, lr: float, iterations: int, warmup_iters: int,
@@ -75,7 +94,28 @@ def seed_step(seed: int, iteration: int) -> None:
 
 
 def resolve_device(device: str) -> torch.device:
-    """`auto` picks CUDA when available, else CPU."""
+    """`auto` picks CUDA when available, else CPU; a CUDA device this machine lacks, or a
+    name torch does not know, is a one-line `ConfigError` that names ``device=cpu``."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(
+            f"device={device} is not a device name: use auto, cpu, cuda or cuda:N"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device={device}, but this machine has no usable CUDA (torch "
+                f"{torch.__version__}); pass device=cpu (or device=auto), e.g. after --preset "
+                "gpu-full"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device={device}, but this machine has {torch.cuda.device_count()} CUDA "
+                "device(s); pick one of them, or device=auto"
+            )
+    elif dev.type != "cpu":
+        raise ConfigError(f"device={device} is not supported: use auto, cpu, cuda or cuda:N")
+    return dev

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch.utils.data import DataLoader
 
-from md.config import config_to_dict, save_config
+from md.config import POSITIVE, Limit, check_limits, config_to_dict, save_config
 from md.data import dataset_fingerprint, open_dataset
 from md.data.class_weights import dataset_class_weights
 from md.data.collate import collate
@@ -50,6 +50,8 @@ class TeacherTrainConfig(recipe.RecipeConfig):
     checkpoint_every: int = 100  # iterations between resume checkpoints
     stop_after: int = 0  # stop after N iterations of this invocation (resume later); 0 = off
     progress: bool = True
+
+    LIMITS: ClassVar[dict[str, Limit]] = {**recipe.RUN_LIMITS, "width": POSITIVE}
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -106,6 +108,8 @@ def _augment(cfg: TeacherTrainConfig) -> Any:
 
 def run(cfg: TeacherTrainConfig, *, out: str | Path, resume: bool = False) -> dict[str, Any]:
     """Train a teacher; writes OUT, OUT-stem.{metrics.jsonl,loss.png,config.yaml}."""
+    check_limits(cfg)
+    device = recipe.resolve_device(cfg.device)  # before any output: a missing CUDA is one line
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     ds = open_dataset(cfg.data, split=cfg.split)
@@ -142,7 +146,6 @@ def run(cfg: TeacherTrainConfig, *, out: str | Path, resume: bool = False) -> di
         channels_last=cfg.channels_last, log_every=cfg.log_every,
         checkpoint_every=cfg.checkpoint_every, stop_after=cfg.stop_after,
         progress=cfg.progress)
-    device = recipe.resolve_device(cfg.device)
     summary = train_loop(model, loss_fn, batches, settings, out=out, meta=meta, device=device,
                          resume=resume, desc=f"teacher[{kind}/{cfg.task}]")
     return {**summary, "out": str(out), "device": str(device)}
