@@ -81,6 +81,8 @@ def run(cfg: DemoConfig, echo: Echo = print) -> dict[str, Any]:
         "loss": loss_figure(records, cfg.task, teacher, out),
     })
     report = write_report(cfg, size, records, teacher_eval, stores, figs, t, out)
+    if cfg.quick:
+        echo(f"note: {quick_caveat(size)}")
     echo(f"report: {report}")
     return {"report": str(report), "seconds": t}
 
@@ -157,19 +159,44 @@ def _store_line(stores: dict[str, str]) -> str:
             f"**{total:,.0f} bytes/sample**{vs}.")
 
 
+def quick_caveat(size: Size) -> str:
+    """Why a `--quick` table says nothing about MD: its students barely train."""
+    return (f"--quick numbers are a smoke test: {size.n_train} training images, a "
+            f"{_iterations(size.teacher_overrides)}-iteration teacher and "
+            f"{_iterations(size.student_overrides)}-iteration students show that every stage "
+            "runs, but are far too undertrained to compare native with MD students. "
+            "Run `md demo` without --quick for the real table.")
+
+
+def _iterations(overrides: tuple[str, ...]) -> str:
+    return next((o.split("=", 1)[1] for o in overrides if o.startswith("iterations=")), "?")
+
+
 def write_report(cfg: DemoConfig, size: Size, records: list[dict[str, Any]],
                  teacher_eval: dict[str, Any], stores: dict[str, str], figs: dict[str, Path],
                  timings: dict[str, float], out: Path) -> Path:
-    """report.md: the Table 3/4-shaped table first, then the figures, then how it was made."""
+    """Write report.md (see `report_text`)."""
+    path = out / "report.md"
+    path.write_text(report_text(cfg, size, records, teacher_eval, _store_line(stores), figs,
+                                timings))
+    return path
+
+
+def report_text(cfg: DemoConfig, size: Size, records: list[dict[str, Any]],
+                teacher_eval: dict[str, Any], store_line: str, figs: dict[str, Path],
+                timings: dict[str, float]) -> str:
+    """report.md: the Table 3/4-shaped table first (under the smoke-test caveat for
+    --quick), then the figures, then how it was made."""
     better = "lower is better" if cfg.task == "detection" else "higher is better"
     errors = [r for r in records if "error" in r]
     lines = [
         f"# MD demo: {cfg.task} on synthetic data{' (--quick)' if cfg.quick else ''}", "",
+        *([f"> **Not a result.** {quick_caveat(size)}", ""] if cfg.quick else []),
         f"Native vs MD students per thermal resolution ({better}; test split, "
         f"{len(cfg.seeds)} seed(s), mean ± SE when several).", "",
         tables.thermal_table(records, cfg.task, cfg.factors),
         _teacher_row(cfg.task, teacher_eval), "",
-        _store_line(stores), "",
+        store_line, "",
         *(f"- failed: {r['key']}: {r['error']}" for r in errors),
         "## Figures", "",
         f"![metric vs thermal factor]({figs['factor'].name})", "",
@@ -188,9 +215,7 @@ def write_report(cfg: DemoConfig, size: Size, records: list[dict[str, Any]],
         "`md evaluate model`",
         f"- seconds per stage: `{json.dumps(timings)}`",
     ]
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return "\n".join(lines) + "\n"
 
 
 # --- figures ---------------------------------------------------------------------------------
