@@ -12,6 +12,7 @@ uses it (``device=auto`` throughout).
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -230,33 +231,64 @@ def _plt() -> Any:
     return plt
 
 
+def _save(fig: Any, path: Path) -> Path:
+    fig.savefig(path)
+    _plt().close(fig)
+    return path
+
+
 def factor_figure(records: list[dict[str, Any]], task: str, factors: tuple[str, ...],
                   teacher_eval: dict[str, Any], out: Path) -> Path:
+    return _save(factor_plot(records, task, factors, teacher_eval),
+                 out / "metric_vs_thermal_factor.png")
+
+
+def factor_plot(records: list[dict[str, Any]], task: str, factors: tuple[str, ...],
+                teacher_eval: dict[str, Any]) -> Any:
     """The metric (all / day / night) against thermal factor, native vs MD, teacher dashed."""
     plt = _plt()
     metric = "miss_rate" if task == "detection" else "mean_accuracy"
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=100, sharey=True)
     xs = list(range(len(factors)))
+    shown: list[float] = []
     for ax, subset in zip(axes, ("all", "day", "night"), strict=True):
         for variant, style in (("native", "o-"), ("md", "s-")):
             ys = []
             for f in factors:
                 agg = tables.aggregate(records, task, f, variant)
                 ys.append(agg[subset][0] if agg and subset in agg else float("nan"))
-            ax.plot(xs, ys, style, label="MD" if variant == "md" else "native")
+            # clip_on=False: a point at 0 or 100 sits on the frame and must not be cut in half
+            ax.plot(xs, ys, style, label="MD" if variant == "md" else "native", clip_on=False)
+            shown += ys
         if teacher_eval[metric].get(subset) is not None:
             ax.axhline(teacher_eval[metric][subset], color="gray", ls="--", label="teacher")
+            shown.append(teacher_eval[metric][subset])
         ax.set_xticks(xs, [f"{f}x" if f != "none" else "visible\nonly" for f in factors])
         ax.set_title(subset)
         ax.set_xlabel("thermal pixel factor")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("miss rate ↓" if task == "detection" else "mean accuracy ↑")
+    axes[0].set_ylim(*percent_limits(shown))  # shared by the three panels
+    axes[0].set_ylabel("miss rate (%) ↓" if task == "detection" else "mean accuracy (%) ↑")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    path = out / "metric_vs_thermal_factor.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def percent_limits(values: list[float], margin: float = 0.1, least: float = 1.0,
+                   ) -> tuple[float, float]:
+    """y-limits of a percentage plot: the values' range widened by `margin` of it (at least
+    `least` points each side), inside [0, 100] where the metric is defined.
+
+    The axis follows the data rather than starting at 0: MD's miss rates differ by a few
+    points around 20-40 %, which a 0-100 axis would squeeze into a band; and it never
+    runs past 100 or below 0, values a miss rate or an accuracy cannot take.
+    """
+    finite = [v for v in values if v == v]  # drop NaN (cells not run)
+    if not finite:
+        return 0.0, 100.0
+    lo, hi = min(finite), max(finite)
+    pad = max(margin * (hi - lo), least)
+    return max(0.0, lo - pad), min(100.0, hi + pad)
 
 
 def _figure_student(records: list[dict[str, Any]], factors: tuple[str, ...]) -> dict[str, Any]:
@@ -307,60 +339,95 @@ def _fig4_rows(records: list[dict[str, Any]], cfg: DemoConfig, data: str,
 def fig4_grid(records: list[dict[str, Any]], cfg: DemoConfig, data: str, test_store: str,
               out: Path) -> Path:
     """Like MD Fig. 4: visible, thermal, teacher mask, student mask, F-MSE weight map."""
-    plt = _plt()
     rows, level, factor = _fig4_rows(records, cfg, data, test_store)
-    titles = ["visible", f"thermal ({factor}x)", f"teacher mask {level}",
-              f"student mask {level}", f"F-MSE weights {level}"]
-    fig, axes = plt.subplots(len(rows), 5, figsize=(12, 2.2 * len(rows)), dpi=100,
+    return _save(fig4_plot(rows, level, factor), out / "fig4_masks.png")
+
+
+FIG4_COLUMNS = (  # row key, title, colour map, colour bar label
+    ("visible", "visible", None, None),
+    ("thermal", "thermal ({factor}x)", "inferno", "student input"),
+    ("teacher", "teacher mask {level}", "viridis", "mask"),
+    ("student", "student mask {level}", "viridis", "mask"),
+    ("weights", "F-MSE weights {level}", "viridis", "weight"),
+)
+
+
+def fig4_plot(rows: list[dict[str, Any]], level: str, factor: str) -> Any:
+    """One row per sample, one column per FIG4_COLUMNS entry; every map has its colour bar,
+    so its colours can be read as values (the masks share the fixed [0, 1] scale, so teacher
+    and student compare by eye; thermal and weights span their own range)."""
+    plt = _plt()
+    fig, axes = plt.subplots(len(rows), 5, figsize=(13, 2.2 * len(rows)), dpi=100,
                              squeeze=False)
     for r, row in enumerate(rows):
-        images = [row["visible"], row["thermal"], row["teacher"], row["student"], row["weights"]]
-        for c, img in enumerate(images):
+        for c, (key, title, cmap, bar_label) in enumerate(FIG4_COLUMNS):
             ax = axes[r][c]
             ax.axis("off")
-            if img is None:
-                continue
-            kw: dict[str, Any] = {} if c == 0 else {"cmap": "inferno" if c == 1 else "viridis"}
-            if c in (2, 3):  # masks lie in [0, 1]: same scale for teacher and student
-                kw.update(vmin=0.0, vmax=1.0)
-            ax.imshow(img.numpy() if hasattr(img, "numpy") else img, **kw)
             if r == 0:
-                ax.set_title(titles[c], fontsize=9)
+                ax.set_title(title.format(factor=factor, level=level), fontsize=9)
+            if row[key] is None:  # no thermal input for a visible-only student
+                continue
+            img = row[key].numpy() if hasattr(row[key], "numpy") else row[key]
+            kw: dict[str, Any] = {} if cmap is None else {"cmap": cmap}
+            if key in ("teacher", "student"):  # masks lie in [0, 1]
+                kw.update(vmin=0.0, vmax=1.0)
+            shown = ax.imshow(img, **kw)
+            if bar_label is not None:
+                bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+                bar.ax.tick_params(labelsize=7)
+                bar.set_label(bar_label, fontsize=7)
         axes[r][0].text(-0.05, 0.5, row["group"], transform=axes[r][0].transAxes,
                         rotation=90, va="center", ha="right", fontsize=9)
     fig.tight_layout()
-    path = out / "fig4_masks.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def loss_figure(records: list[dict[str, Any]], task: str, teacher: str, out: Path) -> Path:
-    """Total training loss: the teacher, and native vs MD students (task part dotted)."""
+    return _save(loss_plot(records, teacher), out / "loss_curves.png")
+
+
+def loss_plot(records: list[dict[str, Any]], teacher: str) -> Any:
+    """Training loss: the teacher's total, and the students' task loss (native dashed, MD
+    solid), in the table's order (thermal factor 1, 4, 16, 64, visible-only; native first)
+    on a log axis (the first iterations' loss would flatten the rest on a linear one)."""
     from md.train.metrics_log import read_log
 
     plt = _plt()
     fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(11, 3.8), dpi=100)
     _curve(ax_t, read_log(Path(teacher).with_suffix(".metrics.jsonl")), "loss/total", "teacher")
     ax_t.set_title("teacher (GAFF)")
-    for r in sorted(records, key=lambda r: (r.get("variant", ""), r.get("factor", ""))):
-        if "error" in r:
-            continue
+    done = sorted((r for r in records if "error" not in r), key=_table_order)
+    several_seeds = len({r.get("seed") for r in done}) > 1
+    for r in done:
         log = read_log(Path(r["checkpoint"]).with_suffix(".metrics.jsonl"))
-        label = f"{r['variant']} {r['factor']}x" if r["factor"] != "none" else "visible-only"
+        label = student_label(r) + (f" s{r['seed']}" if several_seeds else "")
         style = "-" if r["variant"] == "md" else "--"
         _curve(ax_s, log, "loss/task" if r["variant"] == "md" else "loss/total", label, style)
     ax_s.set_title("students: task loss (MD: without the transfer terms)")
     for ax in (ax_t, ax_s):
         ax.set_xlabel("iteration")
         ax.set_ylabel("loss")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ys = [y for line in ax.get_lines() for y in line.get_ydata()]
+        if ys and min(ys) > 0:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+        if ys:
+            ax.legend(fontsize=7)
     fig.tight_layout()
-    path = out / "loss_curves.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def student_label(rec: dict[str, Any]) -> str:
+    """The table's words for a student: `native 16x`, `MD 16x`, `MD visible-only`."""
+    variant = "MD" if rec["variant"] == "md" else rec["variant"]
+    return f"{variant} {rec['factor']}x" if rec["factor"] != "none" else f"{variant} visible-only"
+
+
+def _table_order(rec: dict[str, Any]) -> tuple[float, int, str, int]:
+    """Thermal factor as a number (visible-only last), native before MD, then the seed."""
+    factor = math.inf if rec["factor"] == "none" else float(rec["factor"])
+    variant = {"native": 0, "md": 1}.get(rec["variant"], 2)
+    return factor, variant, rec["variant"], int(rec.get("seed", 0))
 
 
 def _curve(ax: Any, log: list[dict[str, Any]], key: str, label: str, style: str = "-") -> None:
