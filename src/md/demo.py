@@ -257,8 +257,7 @@ def factor_plot(records: list[dict[str, Any]], task: str, factors: tuple[str, ..
             for f in factors:
                 agg = tables.aggregate(records, task, f, variant)
                 ys.append(agg[subset][0] if agg and subset in agg else float("nan"))
-            # clip_on=False: a point at 0 or 100 sits on the frame and must not be cut in half
-            ax.plot(xs, ys, style, label="MD" if variant == "md" else "native", clip_on=False)
+            ax.plot(xs, ys, style, label="MD" if variant == "md" else "native")
             shown += ys
         if teacher_eval[metric].get(subset) is not None:
             ax.axhline(teacher_eval[metric][subset], color="gray", ls="--", label="teacher")
@@ -275,20 +274,21 @@ def factor_plot(records: list[dict[str, Any]], task: str, factors: tuple[str, ..
 
 
 def percent_limits(values: list[float], margin: float = 0.1, least: float = 1.0,
-                   ) -> tuple[float, float]:
+                   headroom: float = 0.04) -> tuple[float, float]:
     """y-limits of a percentage plot: the values' range widened by `margin` of it (at least
-    `least` points each side), inside [0, 100] where the metric is defined.
+    `least` points each side) and cut to [0, 100], where the metric is defined; then
+    `headroom` of that span either side, so a line at 0 or 100 stays off the frame.
 
     The axis follows the data rather than starting at 0: MD's miss rates differ by a few
-    points around 20-40 %, which a 0-100 axis would squeeze into a band; and it never
-    runs past 100 or below 0, values a miss rate or an accuracy cannot take.
+    points around 20-40 %, which a 0-100 axis would squeeze into a band. Cutting at 0 and
+    100 keeps ticks of values a miss rate or an accuracy cannot take (102, 104, ...) off the
+    axis: the headroom is smaller than a tick step (matplotlib puts at most ~10 ticks on it).
     """
     finite = [v for v in values if v == v]  # drop NaN (cells not run)
-    if not finite:
-        return 0.0, 100.0
-    lo, hi = min(finite), max(finite)
+    lo, hi = (min(finite), max(finite)) if finite else (0.0, 100.0)
     pad = max(margin * (hi - lo), least)
-    return max(0.0, lo - pad), min(100.0, hi + pad)
+    lo, hi = max(0.0, lo - pad), min(100.0, hi + pad)
+    return lo - headroom * (hi - lo), hi + headroom * (hi - lo)
 
 
 def _figure_student(records: list[dict[str, Any]], factors: tuple[str, ...]) -> dict[str, Any]:
@@ -393,16 +393,18 @@ def loss_plot(records: list[dict[str, Any]], teacher: str) -> Any:
     from md.train.metrics_log import read_log
 
     plt = _plt()
-    fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(11, 3.8), dpi=100)
+    fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(12.5, 3.8), dpi=100)
     _curve(ax_t, read_log(Path(teacher).with_suffix(".metrics.jsonl")), "loss/total", "teacher")
     ax_t.set_title("teacher (GAFF)")
     done = sorted((r for r in records if "error" not in r), key=_table_order)
     several_seeds = len({r.get("seed") for r in done}) > 1
-    for r in done:
+    colour = {f: f"C{i}" for i, f in enumerate(dict.fromkeys(r["factor"] for r in done))}
+    for r in done:  # one colour per thermal factor: its native and MD curves side by side
         log = read_log(Path(r["checkpoint"]).with_suffix(".metrics.jsonl"))
         label = student_label(r) + (f" s{r['seed']}" if several_seeds else "")
         style = "-" if r["variant"] == "md" else "--"
-        _curve(ax_s, log, "loss/task" if r["variant"] == "md" else "loss/total", label, style)
+        _curve(ax_s, log, "loss/task" if r["variant"] == "md" else "loss/total", label, style,
+               colour[r["factor"]])
     ax_s.set_title("students: task loss (MD: without the transfer terms)")
     for ax in (ax_t, ax_s):
         ax.set_xlabel("iteration")
@@ -411,8 +413,9 @@ def loss_plot(records: list[dict[str, Any]], teacher: str) -> Any:
         if ys and min(ys) > 0:
             ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
-        if ys:
-            ax.legend(fontsize=7)
+        if ys:  # ten students' entries would hide their curves: theirs go to the right
+            ax.legend(fontsize=7, **({"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}
+                                     if ax is ax_s else {}))
     fig.tight_layout()
     return fig
 
@@ -430,7 +433,8 @@ def _table_order(rec: dict[str, Any]) -> tuple[float, int, str, int]:
     return factor, variant, rec["variant"], int(rec.get("seed", 0))
 
 
-def _curve(ax: Any, log: list[dict[str, Any]], key: str, label: str, style: str = "-") -> None:
+def _curve(ax: Any, log: list[dict[str, Any]], key: str, label: str, style: str = "-",
+           colour: str | None = None) -> None:
     pts = [(r["iteration"], r[key]) for r in log if key in r]
     if pts:
-        ax.plot(*zip(*pts, strict=True), style, label=label, lw=1.2)
+        ax.plot(*zip(*pts, strict=True), style, label=label, lw=1.2, color=colour)

@@ -16,10 +16,11 @@ FACTORS = ("1", "4", "16", "64", "none")
 
 
 def test_percent_limits_follow_the_data_inside_0_100() -> None:
-    assert demo.percent_limits([20.0, 40.0]) == pytest.approx((18.0, 42.0))  # 10 % margin
-    assert demo.percent_limits([100.0, 100.0]) == (99.0, 100.0)  # at least a point; <= 100
-    assert demo.percent_limits([0.5, float("nan")]) == (0.0, 1.5)  # >= 0; NaN: cell not run
-    assert demo.percent_limits([]) == (0.0, 100.0)
+    assert demo.percent_limits([20.0, 40.0], headroom=0) == pytest.approx((18.0, 42.0))
+    assert demo.percent_limits([100.0, 100.0], headroom=0) == (99.0, 100.0)  # >= 1 point
+    assert demo.percent_limits([0.5, float("nan")], headroom=0) == (0.0, 1.5)  # NaN: not run
+    assert demo.percent_limits([]) == pytest.approx((-4.0, 104.0))
+    assert demo.percent_limits([100.0]) == pytest.approx((98.96, 100.04))  # 4 % of the span
 
 
 def test_factor_plot_y_axis_spans_the_data_not_past_100() -> None:
@@ -28,10 +29,21 @@ def test_factor_plot_y_axis_spans_the_data_not_past_100() -> None:
     teacher = {"miss_rate": {"day": 100.0, "night": 100.0, "all": 100.0}}
     fig = demo.factor_plot(records, "detection", FACTORS, teacher)
     lo, hi = fig.axes[0].get_ylim()
-    assert lo == pytest.approx(89.0) and hi == 100.0  # autoscale went past 100
+    assert (lo, hi) == pytest.approx((89.0 - 0.44, 100.44))  # 89..100, 4 % headroom
     assert all(ax.get_ylim() == (lo, hi) for ax in fig.axes)  # shared by the 3 panels
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels == ["native", "MD", "teacher"]
+
+
+def test_factor_plot_of_a_quick_run_has_no_ticks_past_100() -> None:
+    # every cell 100.00 (a --quick run): autoscale spread the axis to 94.5-105.5 with ticks
+    # at 102 and 104, miss rates that cannot be
+    records = [record(f, v, 100.0) for f in FACTORS for v in ("native", "md")]
+    teacher = {"miss_rate": {"day": 100.0, "night": 100.0, "all": 100.0}}
+    ax = demo.factor_plot(records, "detection", FACTORS, teacher).axes[0]
+    lo, hi = ax.get_ylim()
+    assert lo > 98.9 and hi < 100.1
+    assert max(t for t in ax.get_yticks() if lo <= t <= hi) == pytest.approx(100.0)
 
 
 def write_log(path: Path, key: str, losses: list[float]) -> None:
@@ -54,6 +66,10 @@ def test_loss_plot_lists_students_in_the_tables_order_with_its_words(tmp_path: P
         "native 1x", "MD 1x", "native 4x", "MD 4x", "native 16x", "MD 16x",
         "native 64x", "MD 64x", "native visible-only", "MD visible-only"]
     assert ax_t.get_yscale() == ax_s.get_yscale() == "log"  # 20 -> 8 does not flatten the tail
+    lines = ax_s.get_lines()  # a factor's native (dashed) and MD (solid) share a colour
+    assert [ln.get_color() for ln in lines[::2]] == [ln.get_color() for ln in lines[1::2]]
+    assert len({ln.get_color() for ln in lines}) == 5
+    assert [ln.get_linestyle() for ln in lines[:2]] == ["--", "-"]
 
 
 def test_loss_plot_tells_seeds_apart(tmp_path: Path) -> None:
