@@ -12,6 +12,7 @@ uses it (``device=auto`` throughout).
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,6 +82,8 @@ def run(cfg: DemoConfig, echo: Echo = print) -> dict[str, Any]:
         "loss": loss_figure(records, cfg.task, teacher, out),
     })
     report = write_report(cfg, size, records, teacher_eval, stores, figs, t, out)
+    if cfg.quick:
+        echo(f"note: {quick_caveat(size)}")
     echo(f"report: {report}")
     return {"report": str(report), "seconds": t}
 
@@ -157,19 +160,44 @@ def _store_line(stores: dict[str, str]) -> str:
             f"**{total:,.0f} bytes/sample**{vs}.")
 
 
+def quick_caveat(size: Size) -> str:
+    """Why a `--quick` table says nothing about MD: its students barely train."""
+    return (f"--quick numbers are a smoke test: {size.n_train} training images, a "
+            f"{_iterations(size.teacher_overrides)}-iteration teacher and "
+            f"{_iterations(size.student_overrides)}-iteration students show that every stage "
+            "runs, but are far too undertrained to compare native with MD students. "
+            "Run `md demo` without --quick for the real table.")
+
+
+def _iterations(overrides: tuple[str, ...]) -> str:
+    return next((o.split("=", 1)[1] for o in overrides if o.startswith("iterations=")), "?")
+
+
 def write_report(cfg: DemoConfig, size: Size, records: list[dict[str, Any]],
                  teacher_eval: dict[str, Any], stores: dict[str, str], figs: dict[str, Path],
                  timings: dict[str, float], out: Path) -> Path:
-    """report.md: the Table 3/4-shaped table first, then the figures, then how it was made."""
+    """Write report.md (see `report_text`)."""
+    path = out / "report.md"
+    path.write_text(report_text(cfg, size, records, teacher_eval, _store_line(stores), figs,
+                                timings))
+    return path
+
+
+def report_text(cfg: DemoConfig, size: Size, records: list[dict[str, Any]],
+                teacher_eval: dict[str, Any], store_line: str, figs: dict[str, Path],
+                timings: dict[str, float]) -> str:
+    """report.md: the Table 3/4-shaped table first (under the smoke-test caveat for
+    --quick), then the figures, then how it was made."""
     better = "lower is better" if cfg.task == "detection" else "higher is better"
     errors = [r for r in records if "error" in r]
     lines = [
         f"# MD demo: {cfg.task} on synthetic data{' (--quick)' if cfg.quick else ''}", "",
+        *([f"> **Not a result.** {quick_caveat(size)}", ""] if cfg.quick else []),
         f"Native vs MD students per thermal resolution ({better}; test split, "
         f"{len(cfg.seeds)} seed(s), mean ± SE when several).", "",
         tables.thermal_table(records, cfg.task, cfg.factors),
         _teacher_row(cfg.task, teacher_eval), "",
-        _store_line(stores), "",
+        store_line, "",
         *(f"- failed: {r['key']}: {r['error']}" for r in errors),
         "## Figures", "",
         f"![metric vs thermal factor]({figs['factor'].name})", "",
@@ -188,9 +216,7 @@ def write_report(cfg: DemoConfig, size: Size, records: list[dict[str, Any]],
         "`md evaluate model`",
         f"- seconds per stage: `{json.dumps(timings)}`",
     ]
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return "\n".join(lines) + "\n"
 
 
 # --- figures ---------------------------------------------------------------------------------
@@ -205,13 +231,26 @@ def _plt() -> Any:
     return plt
 
 
+def _save(fig: Any, path: Path) -> Path:
+    fig.savefig(path)
+    _plt().close(fig)
+    return path
+
+
 def factor_figure(records: list[dict[str, Any]], task: str, factors: tuple[str, ...],
                   teacher_eval: dict[str, Any], out: Path) -> Path:
+    return _save(factor_plot(records, task, factors, teacher_eval),
+                 out / "metric_vs_thermal_factor.png")
+
+
+def factor_plot(records: list[dict[str, Any]], task: str, factors: tuple[str, ...],
+                teacher_eval: dict[str, Any]) -> Any:
     """The metric (all / day / night) against thermal factor, native vs MD, teacher dashed."""
     plt = _plt()
     metric = "miss_rate" if task == "detection" else "mean_accuracy"
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=100, sharey=True)
     xs = list(range(len(factors)))
+    shown: list[float] = []
     for ax, subset in zip(axes, ("all", "day", "night"), strict=True):
         for variant, style in (("native", "o-"), ("md", "s-")):
             ys = []
@@ -219,19 +258,37 @@ def factor_figure(records: list[dict[str, Any]], task: str, factors: tuple[str, 
                 agg = tables.aggregate(records, task, f, variant)
                 ys.append(agg[subset][0] if agg and subset in agg else float("nan"))
             ax.plot(xs, ys, style, label="MD" if variant == "md" else "native")
+            shown += ys
         if teacher_eval[metric].get(subset) is not None:
             ax.axhline(teacher_eval[metric][subset], color="gray", ls="--", label="teacher")
+            shown.append(teacher_eval[metric][subset])
         ax.set_xticks(xs, [f"{f}x" if f != "none" else "visible\nonly" for f in factors])
         ax.set_title(subset)
         ax.set_xlabel("thermal pixel factor")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("miss rate ↓" if task == "detection" else "mean accuracy ↑")
+    axes[0].set_ylim(*percent_limits(shown))  # shared by the three panels
+    axes[0].set_ylabel("miss rate (%) ↓" if task == "detection" else "mean accuracy (%) ↑")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    path = out / "metric_vs_thermal_factor.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def percent_limits(values: list[float], margin: float = 0.1, least: float = 1.0,
+                   headroom: float = 0.04) -> tuple[float, float]:
+    """y-limits of a percentage plot: the values' range widened by `margin` of it (at least
+    `least` points each side) and cut to [0, 100], where the metric is defined; then
+    `headroom` of that span either side, so a line at 0 or 100 stays off the frame.
+
+    The axis follows the data rather than starting at 0: MD's miss rates differ by a few
+    points around 20-40 %, which a 0-100 axis would squeeze into a band. Cutting at 0 and
+    100 keeps ticks of values a miss rate or an accuracy cannot take (102, 104, ...) off the
+    axis: the headroom is smaller than a tick step (matplotlib puts at most ~10 ticks on it).
+    """
+    finite = [v for v in values if v == v]  # drop NaN (cells not run)
+    lo, hi = (min(finite), max(finite)) if finite else (0.0, 100.0)
+    pad = max(margin * (hi - lo), least)
+    lo, hi = max(0.0, lo - pad), min(100.0, hi + pad)
+    return lo - headroom * (hi - lo), hi + headroom * (hi - lo)
 
 
 def _figure_student(records: list[dict[str, Any]], factors: tuple[str, ...]) -> dict[str, Any]:
@@ -282,63 +339,102 @@ def _fig4_rows(records: list[dict[str, Any]], cfg: DemoConfig, data: str,
 def fig4_grid(records: list[dict[str, Any]], cfg: DemoConfig, data: str, test_store: str,
               out: Path) -> Path:
     """Like MD Fig. 4: visible, thermal, teacher mask, student mask, F-MSE weight map."""
-    plt = _plt()
     rows, level, factor = _fig4_rows(records, cfg, data, test_store)
-    titles = ["visible", f"thermal ({factor}x)", f"teacher mask {level}",
-              f"student mask {level}", f"F-MSE weights {level}"]
-    fig, axes = plt.subplots(len(rows), 5, figsize=(12, 2.2 * len(rows)), dpi=100,
+    return _save(fig4_plot(rows, level, factor), out / "fig4_masks.png")
+
+
+FIG4_COLUMNS = (  # row key, title, colour map, colour bar label
+    ("visible", "visible", None, None),
+    ("thermal", "thermal ({factor}x)", "inferno", "student input"),
+    ("teacher", "teacher mask {level}", "viridis", "mask"),
+    ("student", "student mask {level}", "viridis", "mask"),
+    ("weights", "F-MSE weights {level}", "viridis", "weight"),
+)
+
+
+def fig4_plot(rows: list[dict[str, Any]], level: str, factor: str) -> Any:
+    """One row per sample, one column per FIG4_COLUMNS entry; every map has its colour bar,
+    so its colours can be read as values (the masks share the fixed [0, 1] scale, so teacher
+    and student compare by eye; thermal and weights span their own range)."""
+    plt = _plt()
+    fig, axes = plt.subplots(len(rows), 5, figsize=(13, 2.2 * len(rows)), dpi=100,
                              squeeze=False)
     for r, row in enumerate(rows):
-        images = [row["visible"], row["thermal"], row["teacher"], row["student"], row["weights"]]
-        for c, img in enumerate(images):
+        for c, (key, title, cmap, bar_label) in enumerate(FIG4_COLUMNS):
             ax = axes[r][c]
             ax.axis("off")
-            if img is None:
-                continue
-            kw: dict[str, Any] = {} if c == 0 else {"cmap": "inferno" if c == 1 else "viridis"}
-            if c in (2, 3):  # masks lie in [0, 1]: same scale for teacher and student
-                kw.update(vmin=0.0, vmax=1.0)
-            ax.imshow(img.numpy() if hasattr(img, "numpy") else img, **kw)
             if r == 0:
-                ax.set_title(titles[c], fontsize=9)
+                ax.set_title(title.format(factor=factor, level=level), fontsize=9)
+            if row[key] is None:  # no thermal input for a visible-only student
+                continue
+            img = row[key].numpy() if hasattr(row[key], "numpy") else row[key]
+            kw: dict[str, Any] = {} if cmap is None else {"cmap": cmap}
+            if key in ("teacher", "student"):  # masks lie in [0, 1]
+                kw.update(vmin=0.0, vmax=1.0)
+            shown = ax.imshow(img, **kw)
+            if bar_label is not None:
+                bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+                bar.ax.tick_params(labelsize=7)
+                bar.set_label(bar_label, fontsize=7)
         axes[r][0].text(-0.05, 0.5, row["group"], transform=axes[r][0].transAxes,
                         rotation=90, va="center", ha="right", fontsize=9)
     fig.tight_layout()
-    path = out / "fig4_masks.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def loss_figure(records: list[dict[str, Any]], task: str, teacher: str, out: Path) -> Path:
-    """Total training loss: the teacher, and native vs MD students (task part dotted)."""
+    return _save(loss_plot(records, teacher), out / "loss_curves.png")
+
+
+def loss_plot(records: list[dict[str, Any]], teacher: str) -> Any:
+    """Training loss: the teacher's total, and the students' task loss (native dashed, MD
+    solid), in the table's order (thermal factor 1, 4, 16, 64, visible-only; native first)
+    on a log axis (the first iterations' loss would flatten the rest on a linear one)."""
     from md.train.metrics_log import read_log
 
     plt = _plt()
-    fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(11, 3.8), dpi=100)
+    fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(12.5, 3.8), dpi=100)
     _curve(ax_t, read_log(Path(teacher).with_suffix(".metrics.jsonl")), "loss/total", "teacher")
     ax_t.set_title("teacher (GAFF)")
-    for r in sorted(records, key=lambda r: (r.get("variant", ""), r.get("factor", ""))):
-        if "error" in r:
-            continue
+    done = sorted((r for r in records if "error" not in r), key=_table_order)
+    several_seeds = len({r.get("seed") for r in done}) > 1
+    colour = {f: f"C{i}" for i, f in enumerate(dict.fromkeys(r["factor"] for r in done))}
+    for r in done:  # one colour per thermal factor: its native and MD curves side by side
         log = read_log(Path(r["checkpoint"]).with_suffix(".metrics.jsonl"))
-        label = f"{r['variant']} {r['factor']}x" if r["factor"] != "none" else "visible-only"
+        label = student_label(r) + (f" s{r['seed']}" if several_seeds else "")
         style = "-" if r["variant"] == "md" else "--"
-        _curve(ax_s, log, "loss/task" if r["variant"] == "md" else "loss/total", label, style)
+        _curve(ax_s, log, "loss/task" if r["variant"] == "md" else "loss/total", label, style,
+               colour[r["factor"]])
     ax_s.set_title("students: task loss (MD: without the transfer terms)")
     for ax in (ax_t, ax_s):
         ax.set_xlabel("iteration")
         ax.set_ylabel("loss")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ys = [y for line in ax.get_lines() for y in line.get_ydata()]
+        if ys and min(ys) > 0:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+        if ys:  # ten students' entries would hide their curves: theirs go to the right
+            ax.legend(fontsize=7, **({"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}
+                                     if ax is ax_s else {}))
     fig.tight_layout()
-    path = out / "loss_curves.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def _curve(ax: Any, log: list[dict[str, Any]], key: str, label: str, style: str = "-") -> None:
+def student_label(rec: dict[str, Any]) -> str:
+    """The table's words for a student: `native 16x`, `MD 16x`, `MD visible-only`."""
+    variant = "MD" if rec["variant"] == "md" else rec["variant"]
+    return f"{variant} {rec['factor']}x" if rec["factor"] != "none" else f"{variant} visible-only"
+
+
+def _table_order(rec: dict[str, Any]) -> tuple[float, int, str, int]:
+    """Thermal factor as a number (visible-only last), native before MD, then the seed."""
+    factor = math.inf if rec["factor"] == "none" else float(rec["factor"])
+    variant = {"native": 0, "md": 1}.get(rec["variant"], 2)
+    return factor, variant, rec["variant"], int(rec.get("seed", 0))
+
+
+def _curve(ax: Any, log: list[dict[str, Any]], key: str, label: str, style: str = "-",
+           colour: str | None = None) -> None:
     pts = [(r["iteration"], r[key]) for r in log if key in r]
     if pts:
-        ax.plot(*zip(*pts, strict=True), style, label=label, lw=1.2)
+        ax.plot(*zip(*pts, strict=True), style, label=label, lw=1.2, color=colour)

@@ -13,7 +13,12 @@ def test_quick_demo_writes_report_with_table_and_figures(tmp_path: Path) -> None
     report = out / "report.md"
     assert f"report: {report}" in log.splitlines()[-1]
     assert "[4/6 students" in log  # progress shown
+    assert "note: --quick numbers are a smoke test" in log  # printed, not only in the report
+    # stderr is no terminal here: each of the 3 bars (teacher, train and test cache) draws
+    # its start and end, not every 0.1 s (32 redraws before, most for 30 teacher steps)
+    assert log.count("\r") <= 12, log.count("\r")
     text = report.read_text()
+    assert "> **Not a result.** --quick numbers are a smoke test" in text
     lines = text.splitlines()
     table = [ln for ln in lines if ln.startswith("| ")]
     assert table[0].startswith("| Thermal resolution | MD |")

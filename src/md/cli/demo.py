@@ -9,7 +9,8 @@ import click
 @click.option("--out", default="demo", show_default=True, type=click.Path(file_okay=False),
               help="Output folder; report.md, figures and every intermediate land here.")
 @click.option("--quick", is_flag=True,
-              help="The same path at tiny sizes (a minute or two on 2 CPU cores).")
+              help="The same path at tiny sizes (a minute or two on 2 CPU cores): a smoke "
+                   "test; its students are too undertrained to compare.")
 @click.option("--task", type=click.Choice(["detection", "segmentation"]), default="detection",
               show_default=True, help="detection: KAIST layout; segmentation: MFNet layout.")
 @click.option("--seeds", default="0", show_default=True,

@@ -42,6 +42,13 @@ MFNET_PALETTE = np.array(
 # ignored, not within 5 px of the border. Other image sizes scale both thresholds.
 REASONABLE_HEIGHT, BORDER, KAIST_SIZE = 55.0, 5.0, (640, 512)
 GROUPS = ("day", "night")
+# Box colours on the contact sheet, keyed by what the KAIST protocol makes of the box (the
+# keys are the words of the sheet's key).
+BOX_COLOURS = {
+    "reasonable": (40, 255, 40),  # counts in the 'reasonable' setting
+    "small / occluded / border": (255, 220, 0),  # not counted, not ignored
+    "ignored": (255, 40, 40),  # ignore flag or a class other than person
+}
 
 
 @dataclass
@@ -217,7 +224,8 @@ def label_image(item: dict[str, Any]) -> Image.Image:
     for box, ign, good in zip(
         item["boxes"].tolist(), item["box_ignore"].tolist(), ok.tolist(), strict=True
     ):
-        colour = (255, 40, 40) if ign else (40, 255, 40) if good else (255, 220, 0)
+        kind = "ignored" if ign else "reasonable" if good else "small / occluded / border"
+        colour = BOX_COLOURS[kind]
         draw.rectangle(
             [box[0], box[1], box[2] - 1, box[3] - 1], outline=colour, width=max(1, size[0] // 320)
         )
@@ -239,7 +247,7 @@ def contact_sheet(ds: PairedDataset, per_group: int = 3, tile_width: int = 240) 
         raise DataError(f"{ds.root}: no sample loads, nothing to draw; fix the problems listed")
     h0, w0 = items[0]["visible"].shape[-2:]
     tile = (tile_width, max(1, round(tile_width * int(h0) / int(w0))))
-    legend = 16 if ds.layout == "mfnet" else 0
+    legend = 16  # the key to the label colours: MFNet classes, or what the box colours mean
     size = (3 * tile[0], HEADER + len(items) * (tile[1] + CAPTION) + legend)
     sheet = Image.new("RGB", size, (24, 24, 24))
     draw = ImageDraw.Draw(sheet)
@@ -249,9 +257,18 @@ def contact_sheet(ds: PairedDataset, per_group: int = 3, tile_width: int = 240) 
         draw.text((c * tile[0] + 4, 2), title, fill=(230, 230, 230), font=font)
     for r, item in enumerate(items):
         _draw_row(sheet, draw, font, item, HEADER + r * (tile[1] + CAPTION), tile)
-    if legend:
-        _draw_legend(draw, font, sheet.size[1] - legend + 2)
+    _draw_legend(draw, font, sheet.size[1] - legend + 2, _key(ds.layout))
     return sheet
+
+
+def _key(layout: str) -> list[tuple[str, tuple[int, int, int]]]:
+    """(name, colour) of each label colour on the sheet."""
+    if layout == "mfnet":
+        return [
+            (n, (int(c[0]), int(c[1]), int(c[2])))
+            for n, c in zip(MFNET_CLASSES[1:], MFNET_PALETTE[1:], strict=True)
+        ]
+    return [(f"box: {kind}", colour) for kind, colour in BOX_COLOURS.items()]
 
 
 HEADER, CAPTION = 16, 14  # px of the column titles and of each row's caption
@@ -281,12 +298,13 @@ def _caption(item: dict[str, Any]) -> str:
     return "  " + ", ".join(MFNET_CLASSES[c] for c in present if 0 < c < 9)
 
 
-def _draw_legend(draw: ImageDraw.ImageDraw, font: Any, y: int) -> None:
+def _draw_legend(
+    draw: ImageDraw.ImageDraw, font: Any, y: int, key: list[tuple[str, tuple[int, int, int]]]
+) -> None:
+    """One row of colour swatches (10x10 px) and names, starting at height `y`."""
     x = 4
-    for name, colour in zip(MFNET_CLASSES[1:], MFNET_PALETTE[1:], strict=True):
-        draw.rectangle(
-            [x, y + 2, x + 9, y + 11], fill=tuple(int(v) for v in colour), outline=(200, 200, 200)
-        )
+    for name, colour in key:
+        draw.rectangle([x, y + 2, x + 9, y + 11], fill=colour, outline=(200, 200, 200))
         draw.text((x + 12, y), name, fill=(220, 220, 220), font=font)
         x += 14 + int(draw.textlength(name, font=font)) + 8
 

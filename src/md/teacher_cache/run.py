@@ -37,6 +37,7 @@ from md.data.transforms import thermal_side_divisor
 from md.errors import ConfigError, DataError, MdError, StoreError
 from md.eval.model_eval import load_model
 from md.models import TwoStreamTeacher
+from md.progress import progress_bar
 from md.stores import (
     LevelSpec,
     StoreSchema,
@@ -276,7 +277,7 @@ def _progress(
     """A samples/s progress bar (finished shards pre-counted) and `add(samples, nbytes)`,
     called per written shard (on the writer thread, or as Dask results come in)."""
     done = schema.n - sum(len(schema.shard_range(k)) for k in todo)
-    bar = tqdm(total=schema.n, initial=done, desc="cache-teacher", unit="sample",
+    bar = progress_bar(total=schema.n, initial=done, desc="cache-teacher", unit="sample",
                disable=not cfg.progress, dynamic_ncols=True)  # fmt: skip
     megabytes = [0.0]
 

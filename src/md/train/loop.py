@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from md.errors import MdError
+from md.progress import progress_bar
 from md.train import distributed, recipe
 from md.train.checkpoint import load_checkpoint, save_checkpoint
 from md.train.metrics_log import MetricsLog, plot_loss_curves
@@ -144,7 +144,7 @@ def train_loop(
 
     t0, done = time.perf_counter(), start  # done: iterations whose step has completed
     last: dict[str, float] = {}
-    bar = tqdm(total=s.iterations, initial=start, desc=desc, disable=not (s.progress and main),
+    bar = progress_bar(total=s.iterations, initial=start, desc=desc, disable=not (s.progress and main),
                dynamic_ncols=True, unit="it")
     net.train()
     stream: Iterator[dict[str, Any]] = iter(batches(start))

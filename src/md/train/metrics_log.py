@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class MetricsLog:
@@ -35,8 +38,16 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
-def plot_loss_curves(log_path: str | Path, out_png: str | Path, title: str = "") -> None:
-    """One line per loss part against iteration (log-scale y when all values are positive)."""
+def run_name(log_path: str | Path) -> str:
+    """`runs/detection_md_tf16_s0.metrics.jsonl` -> `detection_md_tf16_s0` (the checkpoint's
+    stem, which names the run: task, variant, thermal factor, seed in `md.tables`)."""
+    return Path(log_path).name.removesuffix(".jsonl").removesuffix(".metrics")
+
+
+def plot_loss_curves(log_path: str | Path, out_png: str | Path, title: str = "") -> Figure:
+    """One line per loss part against iteration (log-scale y when all values are positive),
+    titled with the run's name and `title` (what kind of run it is); returns the (closed)
+    figure so its contents can be checked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,10 +64,11 @@ def plot_loss_curves(log_path: str | Path, out_png: str | Path, title: str = "")
         ax.set_yscale("log")
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")
-    ax.set_title(title or Path(log_path).stem)
+    ax.set_title(f"{run_name(log_path)} ({title})" if title else run_name(log_path))
     ax.grid(alpha=0.3)
     if keys:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out_png)
     plt.close(fig)
+    return fig
