@@ -105,10 +105,23 @@ def create_store(
     try:
         if _refuse_existing(loc, store, overwrite):
             sync(store.delete_dir(""))  # overwrite: the old prefix goes, every object of it
-        _upload_layout(store, bare_root, objects)
+        try:
+            _upload_layout(store, bare_root, objects)
+        except StoreError:
+            if loc.kind == "local":  # folders the failed layout made: an empty one is reusable
+                _remove_empty_folders(Path(loc.path))
+            raise
     finally:
         store.close()
     return TargetStore(loc.url, mode="r+")
+
+
+def _remove_empty_folders(root: Path) -> None:
+    """Remove the empty folders under `root`, deepest first (`root` itself stays)."""
+    for folder, _, _ in sorted(os.walk(root), key=lambda entry: -len(entry[0])):
+        if Path(folder) != root:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
 
 
 def _layout(schema: StoreSchema, user_attrs: Mapping[str, Any]) -> tuple[Buffer, dict[str, Buffer]]:
@@ -153,7 +166,10 @@ def _upload_layout(store: CheckedStore, bare_root: Buffer, objects: Mapping[str,
         await store.set("zarr.json", bare_root)
         for start in range(0, len(rest), _UPLOAD_WINDOW):
             window = rest[start : start + _UPLOAD_WINDOW]
-            await asyncio.gather(*(store.set(key, objects[key]) for key in window))
+            # Every set of a window finishes before a failure is raised, so a cleanup after
+            # it (a full disk) finds no write still in flight.
+            _raise_first(await asyncio.gather(
+                *(store.set(key, objects[key]) for key in window), return_exceptions=True))
         await store.set("zarr.json", objects["zarr.json"])
 
     try:

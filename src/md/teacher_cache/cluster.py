@@ -403,6 +403,11 @@ def cache_shard_task(job: ShardJob, k: int) -> ShardResult | MdError:
 def _cache_one(job: ShardJob, k: int) -> ShardResult:
     store = _worker_cached("store", (job.store, job.token), lambda: _open_store(job))
     worker = f"{socket.gethostname()}:{os.getpid()}"
+    if job.device.startswith("cuda") and not torch.cuda.is_available():
+        raise MdError(
+            f"--device {job.device}: no CUDA device {_where()}; start GPU workers "
+            "(CUDA_VISIBLE_DEVICES, --resources GPU=1) or use --device cpu"
+        )
     device = resolve_device(job.device)
     if store.is_shard_written(k):  # written by an attempt whose worker died before reporting
         samples = len(store.shard_range(k))

@@ -110,7 +110,8 @@ def run(cfg: CacheConfig) -> dict[str, Any]:
             f"{cfg.teacher}: a {teacher.task} teacher cannot cache {cfg.data} "
             f"({ds.layout} layout, {ds.task}); use a {ds.task} teacher"
         )
-    device = resolve_device(cfg.device)
+    # With Dask `device` applies on the workers (they check it); the coordinator runs on CPU.
+    device = torch.device("cpu") if uses_dask(cfg) else resolve_device(cfg.device)
     if not uses_dask(cfg):  # with Dask the teacher runs on the workers; here it sizes the schema
         teacher.to(device)
     opts = shard_options(cfg, teacher, ds)
