@@ -150,9 +150,14 @@ def run_identity(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return {"sha256": hashlib.sha256(canonical.encode()).hexdigest(), "keys": sorted(attrs)}
 
 
+def object_crc(obj: bytes) -> str:
+    """The crc32c of a whole stored object, as a shard record holds it (8 hex digits)."""
+    return f"{google_crc32c.value(obj):08x}"
+
+
 def shard_record(identity: str, k: int, objects: Mapping[str, bytes]) -> str:
     """Shard k's record (JSON): the run identity and the crc32c of each stored object."""
-    crcs = {name: f"{google_crc32c.value(obj):08x}" for name, obj in sorted(objects.items())}
+    crcs = {name: object_crc(obj) for name, obj in sorted(objects.items())}
     return json.dumps({"identity": identity, "shard": k, "objects": crcs}, sort_keys=True)
 
 

@@ -22,7 +22,6 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import google_crc32c
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
@@ -33,7 +32,13 @@ from md.stores.backends import MissingChunkError, StoreAccessError, parse_locati
 from md.stores.codecs import decode_features
 from md.stores.pack import check_manifest
 from md.stores.schema import RECORD_VERSION, ArraySpec, scale_array_name
-from md.stores.target_store import TargetStore, open_store, run_identity, shard_object_key
+from md.stores.target_store import (
+    TargetStore,
+    object_crc,
+    open_store,
+    run_identity,
+    shard_object_key,
+)
 
 
 @dataclass
@@ -264,7 +269,7 @@ def _check_records(ts: TargetStore, shards: list[int], report: VerifyReport) -> 
             arr = ts.raw_array(name)
             key = shard_object_key(arr, k)
             buf = sync(arr.store_path.store.get(key, default_buffer_prototype()))
-            got = None if buf is None else f"{google_crc32c.value(buf.to_bytes()):08x}"
+            got = None if buf is None else object_crc(buf.to_bytes())
             if got != crcs.get(name):
                 report.add(
                     f"shard {k}: {name}: object {key} is not the one written with the shard "
