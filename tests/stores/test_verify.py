@@ -12,7 +12,10 @@ import numpy as np
 import zarr
 from contract import build_local, tiny_schema
 
-from md.stores import pack, verify
+import pytest
+
+from md.errors import StoreError
+from md.stores import open_store, pack, verify
 
 SHARD = ("features", "C3", "c", "1", "0", "0", "0")  # features/C3, shard 1 (samples 4-7)
 
@@ -135,3 +138,17 @@ def test_root_provenance_rewritten_by_another_run_is_caught(local_store: Path) -
     report = verify(str(local_store))
     assert not report.ok
     assert any("does not match the store's run identity" in p for p in report.problems)
+
+
+def test_edited_array_metadata_is_reported_by_verify_and_refused_by_reads(
+    local_store: Path,
+) -> None:
+    meta = local_store / "features" / "C3" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["shape"][1] -= 1  # one channel fewer than the schema
+    meta.write_text(json.dumps(doc))
+    report = verify(str(local_store))
+    assert not report.ok
+    assert any(p.startswith("features/C3: shape (") and "!= schema" in p for p in report.problems)
+    with open_store(local_store) as ts, pytest.raises(StoreError, match="features/C3 does not match"):
+        ts.read([0], names=["features/C3"])

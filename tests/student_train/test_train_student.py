@@ -182,6 +182,22 @@ def test_usage_errors_are_one_line(tmp_path, args, words):
     assert words in _one_line_error(tmp_path / "s.pt", *args)
 
 
+def test_store_whose_array_metadata_was_edited_is_refused(full_store, tmp_path):
+    # Issue 12: a features/c4 zarr.json edited to fewer channels was trained on, though
+    # verify rejects it. The trainer opens arrays through the store, which checks the schema.
+    store = tmp_path / "edited.zarr"
+    shutil.copytree(full_store, store)
+    meta = store / "features" / "c4" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    channels = doc["shape"][1]
+    doc["shape"][1] = channels * 3 // 4
+    meta.write_text(json.dumps(doc))
+    err = _one_line_error(tmp_path / "s.pt", "--store", str(store))
+    assert f"{store}: array features/c4 does not match the store schema" in err
+    assert f"shape (8, {channels * 3 // 4}," in err and "fetch or cache it again" in err
+    assert not (tmp_path / "s.pt").exists()
+
+
 def test_misaligned_crop_is_refused(full_store, tmp_path):
     err = _one_line_error(tmp_path / "s.pt", "--store", str(full_store), "crop=48")
     assert "multiple of align=32" in err

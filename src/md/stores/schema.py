@@ -217,6 +217,10 @@ class StoreSchema:
             specs.append(ArraySpec(name, (), dtype, "meta", False, ("sample",)))
         return specs
 
+    def array_spec(self, name: str) -> ArraySpec | None:
+        """The spec of stored array `name`, or None if the schema has no such array."""
+        return next((spec for spec in self.stored_arrays() if spec.name == name), None)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "version": self.version,

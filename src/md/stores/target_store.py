@@ -314,6 +314,7 @@ class _Handle:
     arrays: dict[str, zarr.Array] = field(default_factory=dict)
     known_written: set[int] = field(default_factory=set)
     layouts: dict[str, ShardLayout | None] = field(default_factory=dict)
+    checked: set[str] = field(default_factory=set)  # arrays whose layout matched the schema
 
     def layout(self, name: str) -> ShardLayout | None:
         """How to write and read array `name`'s shard objects in one pass
@@ -325,16 +326,28 @@ class _Handle:
             self.layouts[name] = layout if ok else None
         return self.layouts[name]
 
-    def array(self, name: str) -> zarr.Array:
+    def array(self, name: str, *, check: bool = True) -> zarr.Array:
+        """Array `name`; with `check`, refused unless its shape, chunks, shards and dtype are
+        the schema's (an edited ``zarr.json`` must not be read or written as if it were)."""
         if name not in self.arrays:
             node = self.group[name]
             if not isinstance(node, zarr.Array):
                 raise StoreError(f"{self.loc.url}: {name} is not an array; rebuild the store")
             # Runtime config is not persisted: reapply it so all-zero chunks still get objects.
             self.arrays[name] = node.with_config({"write_empty_chunks": True})
-        return self.arrays[name]
+        arr = self.arrays[name]
+        if check and name not in self.checked:
+            spec = self.schema.array_spec(name)
+            bad = array_mismatches(spec, arr, self.schema) if spec is not None else []
+            if bad:
+                raise StoreError(
+                    f"{self.loc.url}: array {name} does not match the store schema "
+                    f"({'; '.join(bad)}): the store is damaged; fetch or cache it again"
+                )
+            self.checked.add(name)
+        return arr
 
-    def open_arrays(self, names: Sequence[str]) -> list[zarr.Array]:
+    def open_arrays(self, names: Sequence[str], *, check: bool = True) -> list[zarr.Array]:
         """The arrays `names`; those not open yet are opened all at once (on a remote store
         one round trip, not one per array). A failure is left to `array`, which says why."""
         todo = [name for name in dict.fromkeys(names) if name not in self.arrays]
@@ -343,7 +356,26 @@ class _Handle:
             for name, node in zip(todo, opened, strict=True):
                 if isinstance(node, zarr.AsyncArray):
                     self.arrays[name] = zarr.Array(node).with_config({"write_empty_chunks": True})
-        return [self.array(name) for name in names]
+        return [self.array(name, check=check) for name in names]
+
+
+def array_mismatches(spec: ArraySpec, arr: zarr.Array, schema: StoreSchema) -> list[str]:
+    """How stored array `arr` departs from `spec` (shape, chunks, shards, dtype); [] if not."""
+    want = {
+        "shape": (schema.n, *spec.sample_shape),
+        "chunks": spec.chunks(schema.shard_size),
+        "shards": spec.shards(schema.shard_size),
+    }
+    got = {"shape": arr.shape, "chunks": arr.chunks, "shards": arr.shards}
+    bad = [
+        f"{key} {tuple(got[key] or ())} != schema {tuple(want[key] or ())}"
+        for key in want
+        if tuple(got[key] or ()) != tuple(want[key] or ())
+    ]
+    want_dtype = "StringDType" if spec.dtype == "str" else spec.dtype
+    if want_dtype not in (str(arr.dtype), type(arr.dtype).__name__):
+        bad.append(f"dtype {arr.dtype} != schema {spec.dtype}")
+    return bad
 
 
 async def _open_arrays(store: CheckedStore, names: Sequence[str]) -> list[Any]:
@@ -472,21 +504,23 @@ class TargetStore:
         """Names of the stored Zarr arrays (see `StoreSchema.stored_arrays`)."""
         return [spec.name for spec in self.schema.stored_arrays()]
 
-    def raw_array(self, name: str) -> zarr.Array:
+    def raw_array(self, name: str, *, check: bool = True) -> zarr.Array:
         """A stored Zarr array as it lies (quantized features, uint8 masks), for verify/info.
 
         Reading it bypasses the ``written`` check; writing through it breaks the invariants.
+        With ``check=False`` an array whose layout departs from the schema is returned too
+        (verify and info report it); otherwise that is a StoreError.
         """
         if name not in self.raw_names():
             raise StoreError(f"{self.url}: no stored array {name!r}")
-        return self._handle().array(name)
+        return self._handle().array(name, check=check)
 
-    def raw_arrays(self, names: Sequence[str]) -> list[zarr.Array]:
+    def raw_arrays(self, names: Sequence[str], *, check: bool = True) -> list[zarr.Array]:
         """`raw_array` for several names, opened all at once (one round trip when remote)."""
         unknown = sorted(set(names) - set(self.raw_names()))
         if unknown:
             raise StoreError(f"{self.url}: no stored arrays {unknown}")
-        return self._handle().open_arrays(names)
+        return self._handle().open_arrays(names, check=check)
 
     def stored_bytes(self, name: str) -> int:
         """Bytes of the chunk/shard objects of stored array `name` (checksums and index included)."""

@@ -34,6 +34,7 @@ from md.stores.pack import check_manifest
 from md.stores.schema import RECORD_VERSION, ArraySpec, scale_array_name
 from md.stores.target_store import (
     TargetStore,
+    array_mismatches,
     object_crc,
     open_store,
     run_identity,
@@ -73,7 +74,7 @@ def _open_all_arrays(ts: TargetStore) -> None:
     a request round each on a remote store). An array that does not open is not an error
     here: `_check_metadata` reports it by name; only a failed access to the store is raised."""
     try:
-        ts.raw_arrays(ts.raw_names())
+        ts.raw_arrays(ts.raw_names(), check=False)
     except StoreAccessError:
         raise
     except Exception:
@@ -111,26 +112,13 @@ def verify(url: str | os.PathLike[str]) -> VerifyReport:
 
 def _check_metadata(ts: TargetStore, spec: ArraySpec, report: VerifyReport) -> bool:
     try:
-        arr = ts.raw_array(spec.name)
+        arr = ts.raw_array(spec.name, check=False)
     except StoreAccessError:  # the backend failed, not the data: stop, say why
         raise
     except Exception as e:  # any failure to open is a finding, not a crash
         report.add(f"{spec.name}: cannot open array ({type(e).__name__}: {e})")
         return False
-    want = {
-        "shape": (ts.n, *spec.sample_shape),
-        "chunks": spec.chunks(ts.shard_size),
-        "shards": spec.shards(ts.shard_size),
-    }
-    got = {"shape": arr.shape, "chunks": arr.chunks, "shards": arr.shards}
-    bad = [
-        f"{key} {got[key]} != schema {want[key]}"
-        for key in want
-        if tuple(got[key] or ()) != tuple(want[key] or ())
-    ]
-    want_dtype = "StringDType" if spec.dtype == "str" else spec.dtype
-    if want_dtype not in (str(arr.dtype), type(arr.dtype).__name__):
-        bad.append(f"dtype {arr.dtype} != schema {spec.dtype}")
+    bad = array_mismatches(spec, arr, ts.schema)
     if not any(isinstance(c, Crc32cCodec) for c in arr.compressors):
         bad.append("no crc32c checksum codec")
     for b in bad:
@@ -141,7 +129,7 @@ def _check_metadata(ts: TargetStore, spec: ArraySpec, report: VerifyReport) -> b
 def _check_shard(ts: TargetStore, spec: ArraySpec, k: int, report: VerifyReport) -> None:
     rng = ts.shard_range(k)
     where = f"shard {k} (samples {rng.start}-{rng.stop - 1}): {spec.name}"
-    arr = ts.raw_array(spec.name)
+    arr = ts.raw_array(spec.name, check=False)
     report.chunks_checked += len(rng) if spec.sharded else 1
     try:
         values = arr[rng.start : rng.stop]
@@ -163,7 +151,9 @@ def _bad_values(ts: TargetStore, spec: ArraySpec, k: int, values: np.ndarray) ->
         if ts.preset.quantized:
             try:
                 rng = ts.shard_range(k)
-                scale = np.asarray(ts.raw_array(scale_array_name(spec.name))[rng.start : rng.stop])
+                scale = np.asarray(
+                    ts.raw_array(scale_array_name(spec.name), check=False)[rng.start : rng.stop]
+                )
             except StoreAccessError:
                 raise
             except Exception:
@@ -215,7 +205,9 @@ def _describe(error: Exception) -> str:
 def _named(ts: TargetStore, indices: list[int]) -> str:
     """'5 (set06/V000/I00019), 7 (...)' where sample ids are readable."""
     try:
-        ids = np.asarray(ts.raw_array("sample_id").oindex[np.asarray(indices)]).tolist()
+        ids = np.asarray(
+            ts.raw_array("sample_id", check=False).oindex[np.asarray(indices)]
+        ).tolist()
         return ", ".join(f"{i} ({s})" for i, s in zip(indices, ids, strict=True))
     except StoreAccessError:
         raise
@@ -228,7 +220,7 @@ def _check_ids(ts: TargetStore, written: list[int], report: VerifyReport) -> Non
     for k in written:
         rng = ts.shard_range(k)
         try:
-            ids = np.asarray(ts.raw_array("sample_id")[rng.start : rng.stop]).tolist()
+            ids = np.asarray(ts.raw_array("sample_id", check=False)[rng.start : rng.stop]).tolist()
         except StoreAccessError:
             raise
         except Exception:
@@ -261,12 +253,14 @@ def _check_records(ts: TargetStore, shards: list[int], report: VerifyReport) -> 
             report.add(
                 f"shard {k}: written by another run or copied from another shard (its record "
                 f"says identity {str(record.get('identity'))[:12]}, shard {record.get('shard')}; "
-                f"this store is {identity[:12]}): {_REFETCH}", k, list(ts.shard_range(k))
+                f"this store is {identity[:12]}): {_REFETCH}",
+                k,
+                list(ts.shard_range(k)),
             )
             continue
         crcs = record.get("objects", {})
         for name in names:
-            arr = ts.raw_array(name)
+            arr = ts.raw_array(name, check=False)
             key = shard_object_key(arr, k)
             buf = sync(arr.store_path.store.get(key, default_buffer_prototype()))
             got = None if buf is None else object_crc(buf.to_bytes())
@@ -274,7 +268,9 @@ def _check_records(ts: TargetStore, shards: list[int], report: VerifyReport) -> 
                 report.add(
                     f"shard {k}: {name}: object {key} is not the one written with the shard "
                     f"(crc32c {got}, recorded {crcs.get(name)}): swapped in from another shard "
-                    f"or store? {_REFETCH}", k, list(ts.shard_range(k))
+                    f"or store? {_REFETCH}",
+                    k,
+                    list(ts.shard_range(k)),
                 )
 
 
@@ -300,7 +296,9 @@ def _root_identity(ts: TargetStore, report: VerifyReport) -> str | None:
 def _read_record(ts: TargetStore, k: int, report: VerifyReport) -> dict[str, Any] | None:
     rng = ts.shard_range(k)
     try:
-        values = set(np.asarray(ts.raw_array("shard_record")[rng.start : rng.stop]).tolist())
+        values = set(
+            np.asarray(ts.raw_array("shard_record", check=False)[rng.start : rng.stop]).tolist()
+        )
         (text,) = values
         record = json.loads(text)
         if not isinstance(record, dict):
