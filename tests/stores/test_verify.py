@@ -9,10 +9,9 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zarr
 from contract import build_local, tiny_schema
-
-import pytest
 
 from md.errors import StoreError
 from md.stores import open_store, pack, verify
