@@ -89,6 +89,23 @@ def test_kaist_results_bad_line_exit_2(
     assert len(err.strip().splitlines()) == 1
 
 
+def test_kaist_results_empty_file_is_refused_unless_allowed(
+    tiny_kaist: Path, tmp_path: Path
+) -> None:
+    # Issue 12: an empty file scored a 100 % miss rate with exit 0, indistinguishable from
+    # a detector that found nobody. It is refused; --allow-empty scores it on purpose.
+    results = tmp_path / "res.txt"
+    results.write_text("\n  \n")
+    code, _, err = run("kaist-results", results, "--annotations", tiny_kaist)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"md: error: {results}: results file holds no detections")
+    assert "--allow-empty" in err
+    code, out, _ = run(
+        "kaist-results", results, "--annotations", tiny_kaist, "--allow-empty", "--json"
+    )
+    assert code == 0 and json.loads(out)["miss_rate"]["all"] == 100.0
+
+
 def test_kaist_results_published_file() -> None:
     if not (KAIST_EVAL / "KAIST_annotation.json").is_file():
         pytest.skip(f"real KAIST evaluation data not found at {KAIST_EVAL.resolve()}")

@@ -32,8 +32,15 @@ def evaluate() -> None:
     help="Evaluate one subset only; with day or night the file numbers its images within "
     "that subset (1..1455 day, 1..797 night). Default: all three, numbered over all images.",
 )
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Score a file without any detection (100 % miss rate) instead of refusing it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def kaist_results(results: Path, annotations: Path, subset: str | None, as_json: bool) -> None:
+def kaist_results(
+    results: Path, annotations: Path, subset: str | None, allow_empty: bool, as_json: bool
+) -> None:
     """Log-average miss rate (percent, reasonable setting) of a KAIST RESULTS file.
 
     RESULTS holds one detection per line: image_index,x,y,w,h,score, with a 1-based image
@@ -43,7 +50,7 @@ def kaist_results(results: Path, annotations: Path, subset: str | None, as_json:
     """
     ann = kaist.load_annotations(annotations)
     chosen = cast(kaist.Subset, subset or "all")
-    detections = kaist.load_results(results, ann, numbering=chosen)
+    detections = kaist.load_results(results, ann, numbering=chosen, allow_empty=allow_empty)
     subsets = (chosen,) if subset else kaist.SUBSETS
     rates = kaist.miss_rates(ann, detections, subsets)
     if as_json:
@@ -121,24 +128,50 @@ def _thermal_factor(value: str | None) -> int | None:
 
 @evaluate.command("model")
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Dataset root (KAIST or MFNet layout) matching the checkpoint's task.")
-@click.option("--split", default="test", show_default=True,
-              help="Split list DATA/<split>.txt to evaluate.")
-@click.option("--thermal-factor", "thermal_factor", default=None,
-              help="Reduce thermal by this pixel factor (1, 4, 16, 64) or 'none' for "
-                   "visible-only. Default: the factor the model was trained with.")
-@click.option("--save-results", type=click.Path(path_type=Path), default=None,
-              help="Detection: write a KAIST-format results file here. Segmentation: write "
-                   "prediction PNGs into this folder.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Images per forward pass.")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Dataset root (KAIST or MFNet layout) matching the checkpoint's task.",
+)
+@click.option(
+    "--split", default="test", show_default=True, help="Split list DATA/<split>.txt to evaluate."
+)
+@click.option(
+    "--thermal-factor",
+    "thermal_factor",
+    default=None,
+    help="Reduce thermal by this pixel factor (1, 4, 16, 64) or 'none' for "
+    "visible-only. Default: the factor the model was trained with.",
+)
+@click.option(
+    "--save-results",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Detection: write a KAIST-format results file here. Segmentation: write "
+    "prediction PNGs into this folder.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Images per forward pass.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--latency", is_flag=True, help="Also time batch-1 inference (median ms).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def model_cmd(checkpoint: Path, data: Path, split: str, thermal_factor: str | None,
-              save_results: Path | None, batch_size: int, device: str, latency: bool,
-              as_json: bool) -> None:
+def model_cmd(
+    checkpoint: Path,
+    data: Path,
+    split: str,
+    thermal_factor: str | None,
+    save_results: Path | None,
+    batch_size: int,
+    device: str,
+    latency: bool,
+    as_json: bool,
+) -> None:
     """Evaluate a teacher or student CHECKPOINT on a dataset split.
 
     Detection: KAIST log-average miss rate (reasonable setting, thresholds scaled to the
@@ -146,23 +179,33 @@ def model_cmd(checkpoint: Path, data: Path, split: str, thermal_factor: str | No
     """
     from md.eval.model_eval import evaluate_model
 
-    result = evaluate_model(checkpoint, data, split=split,
-                            thermal_factor=_thermal_factor(thermal_factor),
-                            save_results=save_results, batch_size=batch_size, device=device,
-                            latency=latency)
+    result = evaluate_model(
+        checkpoint,
+        data,
+        split=split,
+        thermal_factor=_thermal_factor(thermal_factor),
+        save_results=save_results,
+        batch_size=batch_size,
+        device=device,
+        latency=latency,
+    )
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    click.echo(f"{result['model_kind']} {checkpoint} on {data} [{split}], "
-               f"thermal factor {result['thermal_factor']}, {result['samples']} images")
+    click.echo(
+        f"{result['model_kind']} {checkpoint} on {data} [{split}], "
+        f"thermal factor {result['thermal_factor']}, {result['samples']} images"
+    )
     metrics = ("miss_rate",) if result["task"] == "detection" else ("mean_accuracy", "mean_iou")
     for m in metrics:
         row = "  ".join(f"{s} {_fmt(result[m].get(s))}" for s in ("all", "day", "night"))
         click.echo(f"  {m:<14} {row}")
     if "latency" in result:
         lat = result["latency"]
-        click.echo(f"  latency        {lat['median_ms']:.2f} ms/image ({lat['device']}, "
-                   f"{lat['dtype']}, batch 1)")
+        click.echo(
+            f"  latency        {lat['median_ms']:.2f} ms/image ({lat['device']}, "
+            f"{lat['dtype']}, batch 1)"
+        )
 
 
 def _fmt(v: float | None) -> str:

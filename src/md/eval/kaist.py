@@ -198,13 +198,19 @@ def _annotation_row(ann: Mapping[str, Any], position: Mapping[Any, int]) -> list
 
 
 def load_results(
-    path: str | Path, annotations: Annotations, numbering: Subset = "all"
+    path: str | Path,
+    annotations: Annotations,
+    numbering: Subset = "all",
+    *,
+    allow_empty: bool = False,
 ) -> Detections:
     """Read a results file: ``image_index,x,y,w,h,score`` per line (commas or blanks).
 
     `image_index` is 1-based into the images of `numbering` in annotation order: "all" (the
     usual 1..2252), or "day" / "night" for files that number within one subset (1..1455,
     1..797). Malformed lines and indices out of range raise `MdError` naming file and line.
+    A file without a single detection is refused unless `allow_empty`: it scores a 100 %
+    miss rate, far more often a detector that wrote nothing than a real result.
     """
     path = Path(path)
     images = annotations.subset_images(numbering)
@@ -219,6 +225,11 @@ def load_results(
         for n, line in enumerate(lines, start=1)
         if line.strip()
     ]
+    if not rows and not allow_empty:
+        raise DataError(
+            f"{path}: results file holds no detections (it would score a 100 % miss rate); "
+            "check that the detector wrote its output, or pass --allow-empty to score it"
+        )
     table = np.array(rows, dtype=np.float64).reshape(-1, 6)
     return Detections(
         image=images[table[:, 0].astype(np.int64) - 1],
