@@ -183,6 +183,30 @@ def test_open_or_create_refuses_another_schema_or_teacher(tmp_path: Path) -> Non
     ]
 
 
+def test_refusals_name_the_flag_not_python(tmp_path: Path) -> None:
+    # Issue 12: these reach the CLI user, who has --overwrite, not overwrite=True.
+    url = build_local(tmp_path / "s.zarr", tiny_schema(), shards=[0])
+    messages = []
+    for call in (
+        lambda: open_or_create_store(url, tiny_schema("compact"), ATTRS),
+        lambda: open_or_create_store(url, tiny_schema(), {**ATTRS, "teacher": {"sha256": "f"}}),
+        lambda: create_store(url, tiny_schema(), ATTRS),
+    ):
+        with pytest.raises(StoreError) as info:
+            call()
+        messages.append(str(info.value))
+    meta = Path(url) / "zarr.json"
+    doc = json.loads(meta.read_text())
+    del doc["attributes"]["schema"]  # as a creation interrupted before its root was written
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(StoreError) as info:
+        open_store(url)
+    messages.append(str(info.value))
+    for message in messages:
+        assert "--overwrite" in message, message
+        assert "overwrite=True" not in message and "open_or_create" not in message, message
+
+
 # -- creation and attributes ------------------------------------------------------------------
 
 

@@ -151,3 +151,14 @@ def test_edited_array_metadata_is_reported_by_verify_and_refused_by_reads(
     assert any(p.startswith("features/C3: shape (") and "!= schema" in p for p in report.problems)
     with open_store(local_store) as ts, pytest.raises(StoreError, match="features/C3 does not match"):
         ts.read([0], names=["features/C3"])
+
+
+def test_damaged_written_flags_are_a_finding_not_a_crash(local_store: Path) -> None:
+    # Issue 12: verify stopped with "cannot read written ...; run `md store verify`".
+    flags = local_store / "written" / "c" / "1"  # one chunk of flags per shard
+    _flip(flags, flags.stat().st_size // 2)
+    report = verify(str(local_store))
+    assert not report.ok and report.bad_shards == [1] and report.missing_shards == []
+    (line,) = report.problems
+    assert line.startswith("shard 1 (samples 4-7): written: cannot read its written flags")
+    assert "--overwrite" in line and "md store verify" not in line

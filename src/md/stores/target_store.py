@@ -210,14 +210,14 @@ def open_or_create_store(
     if ts.schema != schema:
         raise StoreError(
             f"{loc.url}: existing store has a different schema ({ts.schema.to_json()}); "
-            "use a new path or create it with overwrite=True"
+            "use a new path, or pass --overwrite to replace it"
         )
     stored = ts.attrs
     for key, value in _checked_attrs(attrs or {}, loc.url).items():
         if stored.get(key) != value:
             raise StoreError(
                 f"{loc.url}: existing store differs in attribute {key!r} (another teacher or "
-                "dataset?); use a new path or create it with overwrite=True"
+                "dataset?); use a new path, or pass --overwrite to replace it"
             )
     return ts
 
@@ -251,8 +251,8 @@ def _refuse_existing(loc: Location, store: CheckedStore, overwrite: bool) -> boo
         )
     if is_store and not overwrite:
         raise StoreError(
-            f"a store already exists at {loc.url}: open it to resume (open_or_create_store), "
-            "or pass overwrite=True to replace it"
+            f"a store already exists at {loc.url}: resume it (the same command without "
+            "--overwrite), or pass --overwrite to replace it"
         )
     return is_store
 
@@ -410,7 +410,7 @@ def _read_schema(loc: Location, attrs: Mapping[str, Any]) -> StoreSchema:
     if not isinstance(version, int) or not isinstance(raw, dict):
         raise StoreError(
             f"{loc.url} has no md store schema (not a store, or its creation was interrupted): "
-            "create it again with overwrite=True"
+            "create it again with --overwrite"
         )
     if version > SCHEMA_VERSION:
         raise StoreError(

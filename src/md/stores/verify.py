@@ -95,10 +95,9 @@ def verify(url: str | os.PathLike[str]) -> VerifyReport:
         report.samples, report.num_shards = ts.n, ts.num_shards
         _open_all_arrays(ts)
         specs = [s for s in ts.schema.stored_arrays() if _check_metadata(ts, s, report)]
-        report.missing_shards = ts.missing_shards()
+        written, report.missing_shards = _written_shards(ts, report)
         if report.missing_shards:
             report.add(f"incomplete: shards {report.missing_shards} were never written")
-        written = [k for k in range(ts.num_shards) if k not in report.missing_shards]
         for k in written:
             for spec in specs:
                 _check_shard(ts, spec, k, report)
@@ -108,6 +107,30 @@ def verify(url: str | os.PathLike[str]) -> VerifyReport:
     report.bad_shards.sort()
     report.bad_samples.sort()
     return report
+
+
+def _written_shards(ts: TargetStore, report: VerifyReport) -> tuple[list[int], list[int]]:
+    """(written, missing) shards by their ``written`` flags, read shard by shard: a damaged
+    flag chunk is a finding for that shard (neither written nor missing), not a failure of
+    verify itself."""
+    written, missing = [], []
+    for k in range(ts.num_shards):
+        rng = ts.shard_range(k)
+        try:
+            flags = np.asarray(ts.raw_array("written", check=False)[rng.start : rng.stop])
+        except StoreAccessError:
+            raise
+        except Exception as e:
+            report.add(
+                f"shard {k} (samples {rng.start}-{rng.stop - 1}): written: cannot read its "
+                f"written flags ({type(e).__name__}: {e}); the record of finished shards is "
+                "damaged: cache the store again with --overwrite",
+                shard=k,
+                samples=list(rng),
+            )
+            continue
+        (written if flags.all() else missing).append(k)
+    return written, missing
 
 
 def _check_metadata(ts: TargetStore, spec: ArraySpec, report: VerifyReport) -> bool:
