@@ -36,6 +36,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from md.errors import StoreError
+from md.stores.aio import gather_all
 from md.stores.backends import (
     CheckedStore,
     Location,
@@ -133,7 +134,7 @@ def _store_objects(loc: Location) -> Iterator[tuple[str, bytes]]:
 
 async def _get_all(store: CheckedStore, loc: Location, keys: Sequence[str]) -> list[bytes]:
     proto = default_buffer_prototype()
-    bufs = await asyncio.gather(*(store.get(k, proto) for k in keys))
+    bufs = await gather_all(*(store.get(k, proto) for k in keys))
     for key, buf in zip(keys, bufs, strict=True):
         if buf is None:
             raise StoreError(f"{loc.url}: object {key} vanished while packing; pack again")
@@ -241,7 +242,7 @@ def _windows(
 
 async def _set_all(store: CheckedStore, keys: Sequence[str], blobs: Sequence[bytes]) -> None:
     proto = default_buffer_prototype()
-    await asyncio.gather(
+    await gather_all(
         *(store.set(k, proto.buffer.from_bytes(b)) for k, b in zip(keys, blobs, strict=True))
     )
 

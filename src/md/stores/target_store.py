@@ -45,6 +45,7 @@ from zarr.storage import MemoryStore, StorePath
 
 from md import __version__
 from md.errors import IncompleteStoreError, StoreError, disk_error
+from md.stores.aio import gather_all
 from md.stores.backends import (
     CheckedStore,
     Location,
@@ -173,8 +174,7 @@ def _upload_layout(store: CheckedStore, bare_root: Buffer, objects: Mapping[str,
             window = rest[start : start + _UPLOAD_WINDOW]
             # Every set of a window finishes before a failure is raised, so a cleanup after
             # it (a full disk) finds no write still in flight.
-            _raise_first(await asyncio.gather(
-                *(store.set(key, objects[key]) for key in window), return_exceptions=True))
+            await gather_all(*(store.set(key, objects[key]) for key in window))
         await store.set("zarr.json", objects["zarr.json"])
 
     try:
@@ -777,14 +777,14 @@ def shard_object_key(arr: zarr.Array, k: int) -> str:
 async def _object_sizes(arrays: Sequence[zarr.Array], k: int) -> list[int]:
     """Stored bytes of shard k's object of each array, looked up concurrently."""
     sizes = [arr.store_path.store.getsize(shard_object_key(arr, k)) for arr in arrays]
-    return [int(n) for n in await asyncio.gather(*sizes)]
+    return [int(n) for n in await gather_all(*sizes)]
 
 
 async def _object_bytes(arrays: Sequence[zarr.Array], k: int) -> list[bytes]:
     """Shard k's stored object of each array, fetched concurrently."""
     prototype = default_buffer_prototype()
     keys = [shard_object_key(arr, k) for arr in arrays]
-    bufs = await asyncio.gather(
+    bufs = await gather_all(
         *(arr.store_path.store.get(key, prototype) for arr, key in zip(arrays, keys, strict=True))
     )
     out = []
@@ -842,20 +842,20 @@ async def _read_chunks(arr: zarr.Array, layout: ShardLayout, idx: np.ndarray) ->
     shards = sorted({int(i) // layout.shard_len for i in idx})
     keys = {k: shard_object_key(arr, k) for k in shards}
     suffix = SuffixByteRequest(layout.index_nbytes)
-    index_bufs = await asyncio.gather(*(store.get(keys[k], prototype, suffix) for k in shards))
+    index_bufs = await gather_all(*(store.get(keys[k], prototype, suffix) for k in shards))
     index = {}
     for k, buf in zip(shards, index_bufs, strict=True):
         if buf is None:
             raise MissingChunkError(keys[k])
         index[k] = layout.decode_index(buf.to_bytes())
-    gets = []
+    ranges = []  # every range is checked before any read starts
     for i in idx:
         k, j = divmod(int(i), layout.shard_len)
         offset, length = (int(v) for v in index[k][j])
         if offset == 2**64 - 1:
             raise ValueError(f"sample {int(i)} has no chunk in {keys[k]}")
-        gets.append(store.get(keys[k], prototype, RangeByteRequest(offset, offset + length)))
-    chunks = await asyncio.gather(*gets)
+        ranges.append((keys[k], RangeByteRequest(offset, offset + length)))
+    chunks = await gather_all(*(store.get(key, prototype, byte_range) for key, byte_range in ranges))
     out = []
     for i, buf in zip(idx, chunks, strict=True):
         if buf is None:
