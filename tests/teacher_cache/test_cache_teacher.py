@@ -236,6 +236,26 @@ def test_provenance_matches_checkpoint_and_data(det_teacher, synth_det, tmp_path
     assert attrs["last_run"]["teacher_path"] == str(det_teacher.resolve())
 
 
+def test_rerun_records_last_run_when_a_kill_took_the_final_record(det_teacher, synth_det, tmp_path):
+    # Issue 12: a kill after the last shard but before `last_run` left a complete store
+    # without it, and no-op reruns never wrote it. Such a rerun records itself.
+    store = tmp_path / "s.zarr"
+    cache(det_teacher, synth_det, store)
+    meta = store / "zarr.json"
+    doc = json.loads(meta.read_text())
+    first = doc["attributes"].pop("last_run")
+    meta.write_text(json.dumps(doc))
+    summary = json.loads(cache(det_teacher, synth_det, store, "--json"))
+    assert summary["shards_written"] == 0
+    last = open_store(store).attrs["last_run"]
+    assert last["complete"] and last["shards_written"] == 0
+    assert last["teacher_path"] == first["teacher_path"]
+    # With the record in place a no-op rerun leaves it alone (it names the run that worked).
+    meta_before = meta.read_bytes()
+    cache(det_teacher, synth_det, store)
+    assert meta.read_bytes() == meta_before
+
+
 def test_other_teacher_or_data_is_refused_unless_overwrite(
     det_teacher, other_det_teacher, synth_det, tmp_path
 ):

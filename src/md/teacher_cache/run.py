@@ -164,7 +164,9 @@ def _cache(
     seconds = dask_run.seconds if dask_run else time.perf_counter() - t0
     summary = _summary(cfg, store, stats, seconds, len(todo), device, dask_run)
     lock.check()  # a run that lost the store to another writer must not claim it
-    if stats.shards:  # a no-op rerun leaves the record of the run that did the work
+    # A no-op rerun leaves the record of the run that did the work, unless a kill took
+    # that record (after the last shard, before this line): then the rerun records itself.
+    if stats.shards or "last_run" not in store.attrs:
         store.set_attrs({"last_run": _run_attrs(cfg, summary)})  # last: after every shard
     if dask_run is not None:
         _check_dask_complete(store, dask_run.shards)
