@@ -162,3 +162,28 @@ def test_damaged_written_flags_are_a_finding_not_a_crash(local_store: Path) -> N
     (line,) = report.problems
     assert line.startswith("shard 1 (samples 4-7): written: cannot read its written flags")
     assert "--overwrite" in line and "md store verify" not in line
+
+
+def test_symbolic_links_inside_a_store_are_refused_by_reads_and_verify(
+    local_store: Path, tmp_path: Path
+) -> None:
+    # Issue 12: verify and reads followed a shard object linked to a file elsewhere (here a
+    # copy of the store's own bytes, so every checksum passes). The store's own directory
+    # may be a link; nothing inside it may.
+    twin = tmp_path / "twin.zarr"
+    shutil.copytree(local_store, twin)
+    shard = local_store.joinpath(*SHARD)
+    shard.unlink()
+    shard.symlink_to(twin.joinpath(*SHARD))
+    attention = local_store / "attention"
+    shutil.rmtree(attention)
+    attention.symlink_to(twin / "attention", target_is_directory=True)
+    report = verify(str(local_store))
+    assert not report.ok and 1 in report.bad_shards
+    assert any("features/C3/c/1/0/0/0 is a symbolic link" in p for p in report.problems)
+    assert any("attention is a symbolic link" in p for p in report.problems)
+    with open_store(local_store) as ts, pytest.raises(StoreError, match="is a symbolic link"):
+        ts.read([5], names=["features/C3"])
+    alias = tmp_path / "alias.zarr"
+    alias.symlink_to(twin, target_is_directory=True)
+    assert verify(str(alias)).ok

@@ -294,6 +294,9 @@ class CheckedStore(WrapperStore[Store]):
         self._index_locks: dict[tuple[str, int], asyncio.Lock] = {}
         self._writing = 0  # > 0 while `writing()` is active
         self._zip_sizes: dict[str, int] | None = None
+        # Local stores: keys whose path inside the store has no symbolic link (checked once).
+        self._local_root = Path(store.root) if isinstance(store, LocalStore) else None
+        self._plain_keys: set[str] = set()
         self.requests = 0  # data gets sent to the wrapped store (tests count them)
         self.index_reads = 0  # of those, shard-index fetches (cache misses)
         self.bytes_read = 0  # bytes those gets returned
@@ -320,6 +323,24 @@ class CheckedStore(WrapperStore[Store]):
             if err is None:
                 raise
             raise err from None
+
+    def _no_link(self, key: str) -> None:
+        """Refuse a key whose path inside a local store passes through a symbolic link: a
+        read would follow it to data that is not the store's, and a write would land
+        outside the store. (The store's own directory may be a link.)"""
+        if self._local_root is None or key in self._plain_keys:
+            return
+        path = self._local_root
+        for part in key.split("/"):
+            path = path / part
+            if path.is_symlink():
+                raise StoreError(
+                    f"{self.url}: {path.relative_to(self._local_root).as_posix()} is a "
+                    f"symbolic link (to {os.readlink(path)}); a store holds plain files and "
+                    "folders: replace the link with a copy of what it points to, or fetch the "
+                    "store again"
+                )
+        self._plain_keys.add(key)
 
     def _with_store(self, store: Store) -> CheckedStore:
         return type(self)(store, cache_index=self._cache_index, url=self.url)
@@ -352,6 +373,7 @@ class CheckedStore(WrapperStore[Store]):
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None
     ) -> Buffer | None:
         self.requests += 1
+        self._no_link(key)
         with self._access():
             buf = await self._store.get(key, prototype, byte_range)
         if buf is None and not self._writing and _CHUNK_KEY.search(key):
@@ -371,6 +393,7 @@ class CheckedStore(WrapperStore[Store]):
             yield key, await self.get(key, prototype, rng)
 
     async def set(self, key: str, value: Buffer) -> None:
+        self._no_link(key)
         with self._access(writing=True):
             await self._store.set(key, value)
 
@@ -408,6 +431,7 @@ class CheckedStore(WrapperStore[Store]):
                     self._zip_sizes = {i.filename: i.file_size for i in zf.infolist()}
             if key in self._zip_sizes:
                 return self._zip_sizes[key]
+        self._no_link(key)
         with self._access():
             return await self._store.getsize(key)
 
