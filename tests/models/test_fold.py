@@ -13,6 +13,7 @@ from md.errors import MdError
 from md.models import build_model
 from md.models.fold import FoldedStem, fold_image_level
 from md.train.teacher import head_kwargs
+from tests.fp import gamma
 
 
 def _student(task: str, in_channels: int = 6) -> torch.nn.Module:
@@ -32,15 +33,6 @@ def _student(task: str, in_channels: int = 6) -> torch.nn.Module:
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
     return model.eval()
-
-
-U32, U64 = 2.0**-24, 2.0**-53  # unit roundoffs of float32 and float64
-
-
-def gamma(n: int, u: float = U32) -> float:
-    """Higham's gamma_n = n u / (1 - n u): a sum of n products, any order, errs by at most
-    gamma_n * sum|terms| (Accuracy and Stability of Numerical Algorithms, 3.1, 3.5)."""
-    return n * u / (1 - n * u)
 
 
 def _stem_error_scale(model: torch.nn.Module, six: torch.Tensor) -> torch.Tensor:
