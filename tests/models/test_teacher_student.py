@@ -147,7 +147,8 @@ def test_trunk_head_student_skips_side_modules_at_inference() -> None:
         fast, full = student(x), student(x, side_outputs=True)
     assert fast["features"] == {} and fast["masks"] == {}
     assert set(full["features"]) == set(full["masks"]) == {"c3", "c4", "c5"}
-    torch.testing.assert_close(fast["pred"], full["pred"])
+    # The same head on the same trunk features, in one process: bit for bit.
+    torch.testing.assert_close(fast["pred"], full["pred"], rtol=0, atol=0)
     assert set(student.train()(x)["masks"]) == {"c3", "c4", "c5"}  # training needs them
     attended = OneStreamStudent("segmentation", width=WIDTH).eval()
     with torch.no_grad():

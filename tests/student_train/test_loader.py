@@ -3,6 +3,8 @@ workers, and live (online) targets equal to stored ones."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -26,6 +28,7 @@ from md.student_train.run import (
     prepare,
     stored_targets,
 )
+from tests.fp import fp16_target_tolerance, mask_target_tolerance
 
 TINY = {"width": 0.125, "head_channels": 32, "batch_size": 2, "progress": False}
 
@@ -166,29 +169,60 @@ def test_workers_give_the_same_batches(full_store):
         assert a["x"].shape == (2, 6, 64, 64) and a["target/features/c3"].shape[-2:] == (8, 8)
 
 
+def _codec_loss_bound(loss: DistillationLoss, out, live, tolerance) -> dict[str, float]:
+    """How far the codec can move each loss part: the first-order change sum |dL/dt| * tol
+    over every target element, doubled for the higher orders (on these batches the
+    linearisation reproduces the real difference to within 5 %), plus the float32
+    evaluation of the loss (2^-16 relative: sums of <= 2^12 nonnegative terms)."""
+    targets = {k: {lv: t.clone().requires_grad_() for lv, t in v.items()} for k, v in live.items()}
+    parts = loss(out, targets)
+    leaves = [targets[k][lv] for k in ("features", "masks") for lv in loss.levels]
+    bounds = {}
+    for name in ("attention", "semantic"):
+        grads = torch.autograd.grad(parts[name], leaves, allow_unused=True, retain_graph=True)
+        first = sum(float((g.abs().double() * tolerance[k][lv]).sum())
+                    for g, (k, lv) in zip(grads, [(k, lv) for k in ("features", "masks")
+                                                  for lv in loss.levels], strict=True)
+                    if g is not None)
+        bounds[name] = 2 * first + 2.0**-16 * abs(parts[name].item())
+    return bounds
+
+
 def test_online_targets_equal_stored_targets(full_store, det_teacher, synth_det):
     """Same batch, same flips and crops: live teacher targets == stored ones up to the
-    lossless codec (fp16 features, masks in 1/255 steps), and so are the losses."""
+    lossless codec (fp16 features, masks in 1/255 steps), and so are the losses. The float32
+    slack comes from a float64 run of the same teacher (`tests.fp`), not from one CPU."""
     common = {"store": str(full_store), "data": str(synth_det), "flip": True, "crop": (64,),
               **TINY}
     offline = prepare(StudentTrainConfig(**common))
     online = prepare(StudentTrainConfig(online_teacher=str(det_teacher), **common))
+    teacher64 = copy.deepcopy(online.teacher).double()
+    strides = dict(online.model.strides)
     cpu = torch.device("cpu")
     for b_off, b_on in zip(make_loader(offline, 0, 3, cpu), make_loader(online, 0, 3, cpu),
                            strict=True):
         assert b_off["id"] == b_on["id"]
         stored = stored_targets(b_off, offline.cfg.levels)
-        live = live_targets(online.teacher, b_on, dict(online.model.strides))
+        live = live_targets(online.teacher, b_on, strides)
+        exact = live_targets(teacher64, {**b_on, **{k: b_on[k].double() for k in
+                                                     ("teacher/visible", "teacher/thermal")}},
+                             strides)
+        tolerance: dict[str, dict[str, torch.Tensor]] = {"features": {}, "masks": {}}
         for lv in offline.cfg.levels:
             f_s, f_l = stored["features"][lv], live["features"][lv]
-            assert torch.allclose(f_s, f_l, rtol=2**-10, atol=1e-6)
-            assert (stored["masks"][lv] - live["masks"][lv]).abs().max() <= 1 / 510 + 1e-6
+            tol = fp16_target_tolerance(f_l, exact["features"][lv])
+            assert bool(((f_s.double() - f_l.double()).abs() <= tol).all()), lv
+            m_tol = mask_target_tolerance(live["masks"][lv], exact["masks"][lv])
+            assert (stored["masks"][lv] - live["masks"][lv]).abs().max() <= m_tol, lv
+            tolerance["features"][lv], tolerance["masks"][lv] = tol, torch.tensor(m_tol)
         with torch.no_grad():
             out = offline.model(b_off["x"])
-        loss = DistillationLoss(offline.cfg.levels)
+        # focal_weights_grad: the same loss values, with the softmax weights' derivative too.
+        loss = DistillationLoss(offline.cfg.levels, focal_weights_grad=True)
         a, b = loss(out, stored), loss(out, live)
+        bound = _codec_loss_bound(loss, out, live, tolerance)
         for k in ("attention", "semantic"):
-            assert a[k].item() == pytest.approx(b[k].item(), rel=2e-3)
+            assert abs(a[k].item() - b[k].item()) <= bound[k], (k, a[k].item(), b[k].item())
 
 
 def test_bundled_labels_unpack_to_dataset_fields():

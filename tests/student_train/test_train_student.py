@@ -71,7 +71,7 @@ def test_resume_reaches_the_same_weights(full_store, tmp_path):
     assert _same_weights(full, cut), "resumed run diverged"
     a, b = _losses(tmp_path / "full.metrics.jsonl"), _losses(tmp_path / "cut.metrics.jsonl")
     assert [r["iteration"] for r in a] == [r["iteration"] for r in b] == list(range(4))
-    assert a[-1]["loss/total"] == pytest.approx(b[-1]["loss/total"])
+    assert a[-1]["loss/total"] == b[-1]["loss/total"]  # bit-identical weights, same batches
 
 
 def test_zip_packed_store_trains_to_the_same_weights(plain_store, synth_det, tmp_path):
@@ -99,6 +99,14 @@ def test_native_visible_only_student_needs_no_store(synth_det, tmp_path):
     assert res["thermal_factor"] == "none" and res["samples"] == 4
 
 
+# Online vs stored targets differ by the lossless codec (fp16 features, masks in 1/255 steps):
+# a deterministic rounding of these targets (the CPU's float32 differences, ~10 u of the maps,
+# move the losses by ~1e-6 of it), not summation noise. Its worst-case first-order effect,
+# sum |dL/dt| * step, is 1.0e-3 (F-MSE) and 2.3e-3 (Dice) of the losses on such batches
+# (test_loader checks it per batch); we allow 2^-8. Measured: 1e-5 to 3.5e-4.
+CODEC_LOSS_RTOL = 2.0**-8
+
+
 def test_online_teacher_first_step_losses_equal_offline(plain_store, det_teacher, synth_det,
                                                         tmp_path):
     args = ("--store", str(plain_store), "--data", str(synth_det), "iterations=1", "crop=64")
@@ -106,8 +114,9 @@ def test_online_teacher_first_step_losses_equal_offline(plain_store, det_teacher
     _train(tmp_path / "on.pt", *args, "--online-teacher", str(det_teacher))
     off = _losses(tmp_path / "off.metrics.jsonl")[0]
     on = _losses(tmp_path / "on.metrics.jsonl")[0]
-    for k in ("loss/attention", "loss/semantic", "loss/task"):
-        assert on[k] == pytest.approx(off[k], rel=2e-3), k  # lossless codec: fp16, 1/255 masks
+    assert on["loss/task"] == off["loss/task"]  # the teacher's targets do not enter it
+    for k in ("loss/attention", "loss/semantic"):
+        assert on[k] == pytest.approx(off[k], rel=CODEC_LOSS_RTOL), k
     ck = load_checkpoint(tmp_path / "on.pt")
     assert ck["lineage"]["teacher_sha256"] == file_sha256(det_teacher)
     assert ck["lineage"]["online_teacher"] == str(det_teacher)
@@ -123,7 +132,7 @@ def test_online_teacher_without_crop_on_unaligned_image_size(plain_store, det_te
     off = _losses(tmp_path / "off.metrics.jsonl")[0]
     on = _losses(tmp_path / "on.metrics.jsonl")[0]
     for k in ("loss/attention", "loss/semantic"):
-        assert on[k] == pytest.approx(off[k], rel=2e-3), k
+        assert on[k] == pytest.approx(off[k], rel=CODEC_LOSS_RTOL), k
 
 
 def _one_line_error(out: Path, *args: str) -> str:

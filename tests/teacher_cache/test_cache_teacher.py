@@ -25,6 +25,7 @@ from md.stores.codecs import get_preset
 from md.teacher_cache import CacheConfig, load_teacher, low_thermal, run, student_thermal
 from md.train.checkpoint import file_sha256
 from tests.conftest import run_cli
+from tests.fp import fp16_target_tolerance, mask_target_tolerance
 from tests.teacher_cache.conftest import train_tiny
 
 FULL = ["--flip-views", "--bundle-inputs", "--thermal-factor", "16"]
@@ -55,10 +56,25 @@ def raw_arrays(url: Path) -> dict[str, np.ndarray]:
     return {name: np.asarray(ts.raw_array(name)[:]) for name in ts.raw_names()}
 
 
-def teacher_on(teacher_path: Path, visible: torch.Tensor, thermal: torch.Tensor) -> dict:
+def teacher_on(teacher_path: Path, visible: torch.Tensor, thermal: torch.Tensor,
+               dtype: torch.dtype = torch.float32) -> dict:
     teacher, _ = load_teacher(teacher_path)
+    teacher = teacher.to(dtype)
     with torch.inference_mode():
-        return teacher.forward_features(visible[None], thermal[None])
+        return teacher.forward_features(visible[None].to(dtype), thermal[None].to(dtype))
+
+
+def assert_lossless_targets(got: dict, name: str, i: int, ref: dict, exact: dict,
+                            lv: str) -> None:
+    """Stored (cache run, batches of 2) vs a one-image float32 forward: the fp16 codec's step
+    and a float32 slack measured against the float64 forward `exact` (tests/fp.py)."""
+    live, f64 = ref["features"][lv][0], exact["features"][lv][0]
+    tol = fp16_target_tolerance(live, f64).numpy()
+    diff = np.abs(got[f"features{name}/{lv}"][i].astype(np.float64) - live.double().numpy())
+    assert (diff <= tol).all(), (lv, float((diff / tol).max()))
+    m_tol = mask_target_tolerance(ref["masks"][lv][0], exact["masks"][lv][0])
+    np.testing.assert_allclose(got[f"attention{name}/{lv}"][i], ref["masks"][lv][0],
+                               rtol=0, atol=m_tol)
 
 
 def test_targets_ids_and_summary(det_teacher, synth_det, tmp_path):
@@ -73,13 +89,9 @@ def test_targets_ids_and_summary(det_teacher, synth_det, tmp_path):
     assert got["group"].tolist() == [s.group for s in ds.samples]
     for i in (0, 7):
         ref = teacher_on(det_teacher, ds[i]["visible"], ds[i]["thermal"])
+        exact = teacher_on(det_teacher, ds[i]["visible"], ds[i]["thermal"], torch.float64)
         for lv in ("c3", "c4", "c5"):
-            np.testing.assert_allclose(
-                got[f"features/{lv}"][i], ref["features"][lv][0], rtol=2e-3, atol=2e-3
-            )
-            np.testing.assert_allclose(
-                got[f"attention/{lv}"][i], ref["masks"][lv][0], atol=1 / 510 + 1e-4
-            )
+            assert_lossless_targets(got, "", i, ref, exact, lv)
     # The last line lists the stored bytes per sample of every array.
     last = out.strip().splitlines()[-1]
     assert last.startswith("bytes/sample (lossless):")
@@ -158,12 +170,11 @@ def test_flip_views_are_the_teacher_on_flipped_images(det_teacher, synth_det, tm
     got = open_store(store).read([5])
     item = open_dataset(synth_det, split="train")[5]
     ref = teacher_on(det_teacher, item["visible"].flip(-1), item["thermal"].flip(-1))
+    exact = teacher_on(det_teacher, item["visible"].flip(-1), item["thermal"].flip(-1),
+                       torch.float64)
     for lv in ("c3", "c5"):
         flipped = got[f"features_flip/{lv}"][0]
-        np.testing.assert_allclose(flipped, ref["features"][lv][0], rtol=2e-3, atol=2e-3)
-        np.testing.assert_allclose(
-            got[f"attention_flip/{lv}"][0], ref["masks"][lv][0], atol=1 / 510 + 1e-4
-        )
+        assert_lossless_targets(got, "_flip", 0, ref, exact, lv)
         # Mirroring the stored map is not the same thing (the teacher is not flip-equivariant).
         mirrored = got[f"features/{lv}"][0][..., ::-1]
         assert (
