@@ -123,7 +123,13 @@ class TestCheckedLocalStore(_CheckedStoreTests):
             sync(store.set("linked/1", data))
         with pytest.raises(StoreError, match="linked is a symbolic link"):
             sync(store.getsize("linked/0"))
+        # Writes that WrapperStore would hand straight to the wrapped store are refused too.
+        with pytest.raises(StoreError, match="linked is a symbolic link"):
+            sync(store.set_if_not_exists("linked/1", data))
+        with pytest.raises(StoreError, match="linked is a symbolic link"):
+            sync(store._set_many([("plain", data), ("linked/1", data)]))
         assert not (outside / "1").exists()
+        assert (tmp_path / "plain").read_bytes() == b"x"  # the other writes of a batch land
 
 
 @_on_zarr_loop
