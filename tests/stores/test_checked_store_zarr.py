@@ -6,9 +6,12 @@ pickling, the context manager), so a zarr upgrade that changes the `Store` contr
 here and not as a damaged store. Run over a `LocalStore` (what directory stores use) and a
 `MemoryStore` (how `create_store` lays a store out).
 
-Overridden on purpose, each with its reason below: nothing else. zarr's suite has async tests
-and fixtures; this project runs no asyncio pytest plugin, so `_on_zarr_loop` turns each async
-test into a plain one that runs on zarr's own event loop (as every md store call does).
+No test of the suite is overridden: CheckedStore departs from a plain store only where the
+suite does not look (none of its tests reads an absent *chunk* key, none puts a link in a
+store), so those departures get tests of their own below. Only the suite's async fixtures
+are replaced, and its three abstract tests written. This project runs no asyncio pytest
+plugin, so `_on_zarr_loop` turns each async test into a plain one that runs on zarr's own
+event loop (as every md store call does).
 """
 
 from __future__ import annotations
