@@ -48,7 +48,7 @@ from zarr.core.sync import sync
 
 from md.errors import StoreError
 from md.stores import TargetStore
-from md.stores.target_store import shard_object_key
+from md.stores.arrays import shard_object_key
 
 
 @dataclass
