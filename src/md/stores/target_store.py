@@ -167,6 +167,12 @@ class TargetStore:
         """Bytes of the chunk/shard objects of stored array `name` (checksums and index included)."""
         return stored_bytes(self._handle().store, f"{name}/c/")
 
+    def shard_stored_bytes(self, k: int) -> int:
+        """Stored bytes of written shard k over every array (its objects' sizes, looked up
+        concurrently; `write_shard` returns the same figure for a fresh write)."""
+        arrays = self.raw_arrays(self.raw_names())
+        return sum(sync(object_sizes(arrays, k)))
+
     def set_attrs(self, attrs: Mapping[str, Any]) -> None:
         """Add or replace provenance attributes (JSON; store-owned keys are refused).
 
