@@ -109,7 +109,8 @@ def _written_shards(ts: TargetStore, report: VerifyReport) -> tuple[list[int], l
     """(written, missing) shards by their ``written`` flags, read shard by shard: a damaged
     flag chunk is a finding for that shard (neither written nor missing), not a failure of
     verify itself."""
-    written, missing = [], []
+    written: list[int] = []
+    missing: list[int] = []
     for k in range(ts.num_shards):
         rng = ts.shard_range(k)
         try:
