@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from md import tables
 from md.config import resolve_config
+from md.stores.schema import attention_name, features_name
 
 Echo = Callable[[str], None]
 
@@ -325,12 +326,12 @@ def _fig4_rows(records: list[dict[str, Any]], cfg: DemoConfig, data: str,
         (x,) = model_inputs(model, "student", batch, tf)
         with torch.inference_mode():
             s = model(x, side_outputs=True)
-        t = store.read([i], [f"features/{level}", f"attention/{level}"])
-        t_feat = torch.from_numpy(t[f"features/{level}"])  # (1, C, h, w)
+        t = store.read([i], [features_name(level), attention_name(level)])
+        t_feat = torch.from_numpy(t[features_name(level)])  # (1, C, h, w)
         weights = FocalMSELoss().weights(s["features"][level], t_feat)[0]  # (h, w)
         rows.append({"group": str(groups[i]), "visible": batch["visible"][0].permute(1, 2, 0),
                      "thermal": x[0, 3] if x.shape[1] == 6 else None,
-                     "teacher": t[f"attention/{level}"][0, 0], "student": s["masks"][level][0, 0],
+                     "teacher": t[attention_name(level)][0, 0], "student": s["masks"][level][0, 0],
                      "weights": weights})
     store.close()
     return rows, level, str(rec["factor"])

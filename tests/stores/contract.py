@@ -37,8 +37,8 @@ from md.stores import (
     open_store,
     verify,
 )
+from md.stores.arrays import shard_object_key
 from md.stores.codecs import compact_error_bound, get_preset
-from md.stores.target_store import shard_object_key
 
 Builder = Callable[..., str]
 ATTRS = {

@@ -12,7 +12,6 @@ from md.errors import StoreError
 from md.stores.codecs import (
     PRESETS,
     compact_error_bound,
-    cosine_per_sample,
     decode_attention,
     decode_features,
     decode_scale,
@@ -20,9 +19,9 @@ from md.stores.codecs import (
     encode_features,
     encode_scale,
     get_preset,
-    measure_fidelity,
     preset_of_store,
 )
+from md.stores.fidelity import cosine_per_sample, measure_fidelity
 
 # 4 samples of a C3-like map: big enough chunks for zstd to reach its steady ratio.
 SHAPE = (4, 64, 32, 40)

@@ -18,7 +18,7 @@ import numpy as np
 
 from md.stores import PRESETS, measure_fidelity
 from md.stores.codecs import decode_features, encode_features, get_preset
-from md.stores.target_store import measure_stored_bytes
+from md.stores.encode import measure_stored_bytes
 from md.teacher_cache.fidelity import teacher_features
 
 

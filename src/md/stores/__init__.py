@@ -15,7 +15,9 @@ Layout, invariants and failure semantics: see `md.stores.target_store` and docs/
 
 from md.errors import IncompleteStoreError, StoreError
 from md.stores.backends import StoreAccessError
-from md.stores.codecs import PRESETS, CodecPreset, Fidelity, get_preset, measure_fidelity
+from md.stores.codecs import PRESETS, CodecPreset, get_preset
+from md.stores.create import create_store, open_or_create_store
+from md.stores.fidelity import Fidelity, measure_fidelity
 from md.stores.info import info
 from md.stores.pack import check_manifest, pack, unpack
 from md.stores.schema import (
@@ -28,12 +30,7 @@ from md.stores.schema import (
     input_extras,
     segmentation_extras,
 )
-from md.stores.target_store import (
-    TargetStore,
-    create_store,
-    open_or_create_store,
-    open_store,
-)
+from md.stores.target_store import TargetStore, open_store
 from md.stores.verify import VerifyReport, verify
 
 __all__ = [

@@ -40,6 +40,7 @@ from zarr.core.sync import sync  # zarr's own sync bridge (used by its sync API)
 from zarr.storage import FsspecStore, LocalStore, WrapperStore, ZipStore
 
 from md.errors import StoreError
+from md.stores.aio import gather_all
 
 BackendKind = Literal["local", "zip", "fsspec"]
 
@@ -396,6 +397,24 @@ class CheckedStore(WrapperStore[Store]):
         self._no_link(key)
         with self._access(writing=True):
             await self._store.set(key, value)
+
+    # WrapperStore hands these straight to the wrapped store, past the link refusal and the
+    # access errors above; zarr reaches them (open_group mode "w-" asks is_empty).
+    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        self._no_link(key)
+        with self._access(writing=True):
+            await self._store.set_if_not_exists(key, value)
+
+    async def _set_many(self, values: Iterable[tuple[str, Buffer]]) -> None:
+        await gather_all(*(self.set(key, value) for key, value in values))
+
+    async def is_empty(self, prefix: str) -> bool:
+        with self._access():
+            return await self._store.is_empty(prefix)
+
+    async def clear(self) -> None:
+        with self._access(writing=True):
+            await self._store.clear()
 
     async def exists(self, key: str) -> bool:
         with self._access():

@@ -37,19 +37,61 @@ _LEVEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _EXTRA_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)?$")
 _EXTRA_DTYPES = ("bool", "uint8", "int16", "int32", "int64", "float16", "float32")
 _TASKS = ("detection", "segmentation")
+
+# -- array names: spelled here only ---------------------------------------------------------
+FEATURES = "features"  # features/<level>: float32 targets, stored as float16 or uint8 codes
+ATTENTION = "attention"  # attention/<level>: masks in [0, 1], stored as uint8
+FEATURE_SCALE = "feature_scale"  # feature_scale/<level>: a quantized level's scale codes
+FLIP = "_flip"  # features_flip/<level>, ...: the horizontally flipped view
+INPUT_VISIBLE = "inputs/visible"  # bundled student inputs (`input_extras`)
+INPUT_THERMAL = "inputs/thermal"
+LABELS = "labels"  # bundled segmentation labels (`segmentation_extras`)
+BOXES = "boxes"  # bundled padded box rows and their count (`detection_extras`)
+NUM_BOXES = "num_boxes"
+SAMPLE_ID = "sample_id"
+GROUP = "group"
+SHARD_RECORD = "shard_record"
+WRITTEN = "written"
+META_NAMES = (SAMPLE_ID, GROUP)  # per-sample strings readers may ask for beside the targets
+
 # Names the store itself uses; extras may not shadow them.
 _RESERVED_TOPS = (
-    "features",
-    "features_flip",
-    "feature_scale",
-    "feature_scale_flip",
-    "attention",
-    "attention_flip",
-    "sample_id",
-    "group",
-    "shard_record",
-    "written",
+    FEATURES,
+    FEATURES + FLIP,
+    FEATURE_SCALE,
+    FEATURE_SCALE + FLIP,
+    ATTENTION,
+    ATTENTION + FLIP,
+    SAMPLE_ID,
+    GROUP,
+    SHARD_RECORD,
+    WRITTEN,
 )
+
+
+def features_name(level: str, flip: bool = False) -> str:
+    """The array of level `level`'s features: ``features/C3`` (``features_flip/C3``)."""
+    return f"{FEATURES}{FLIP if flip else ''}/{level}"
+
+
+def attention_name(level: str, flip: bool = False) -> str:
+    """The array of level `level`'s attention mask: ``attention/C3`` (``attention_flip/C3``)."""
+    return f"{ATTENTION}{FLIP if flip else ''}/{level}"
+
+
+def scale_array_name(name: str) -> str:
+    """The side array of a quantized features array: features_flip/C3 -> feature_scale_flip/C3."""
+    return name.replace(FEATURES, FEATURE_SCALE, 1)
+
+
+def is_features_name(name: str) -> bool:
+    """Whether `name` is a features array (either view) of some level."""
+    return name.partition("/")[0] in (FEATURES, FEATURES + FLIP)
+
+
+def is_attention_name(name: str) -> bool:
+    """Whether `name` is an attention array (either view) of some level."""
+    return name.partition("/")[0] in (ATTENTION, ATTENTION + FLIP)
 
 
 @dataclass(frozen=True)
@@ -160,10 +202,10 @@ class StoreSchema:
     def target_shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-sample shape of every array a writer must supply to `write_shard`."""
         out: dict[str, tuple[int, ...]] = {}
-        for suffix in ("", "_flip") if self.flips else ("",):
+        for flip in self._views():
             for lv in self.levels:
-                out[f"features{suffix}/{lv.name}"] = (lv.channels, lv.height, lv.width)
-                out[f"attention{suffix}/{lv.name}"] = (1, lv.height, lv.width)
+                out[features_name(lv.name, flip)] = (lv.channels, lv.height, lv.width)
+                out[attention_name(lv.name, flip)] = (1, lv.height, lv.width)
         for e in self.extras:
             out[e.name] = e.shape
         return out
@@ -173,12 +215,12 @@ class StoreSchema:
         preset = get_preset(self.codec)
         chw = ("sample", "channel", "y", "x")
         specs: list[ArraySpec] = []
-        for suffix in ("", "_flip") if self.flips else ("",):
+        for flip in self._views():
             for lv in self.levels:
                 shape = (lv.channels, lv.height, lv.width)
                 specs.append(
                     ArraySpec(
-                        f"features{suffix}/{lv.name}",
+                        features_name(lv.name, flip),
                         shape,
                         preset.feature_dtype,
                         "features",
@@ -189,7 +231,7 @@ class StoreSchema:
                 if preset.quantized:
                     specs.append(
                         ArraySpec(
-                            f"feature_scale{suffix}/{lv.name}",
+                            scale_array_name(features_name(lv.name, flip)),
                             (lv.channels,),
                             "uint8",  # log-grid scale codes (md.stores.codecs.encode_scale)
                             "scale",
@@ -199,7 +241,7 @@ class StoreSchema:
                     )
                 specs.append(
                     ArraySpec(
-                        f"attention{suffix}/{lv.name}",
+                        attention_name(lv.name, flip),
                         (1, lv.height, lv.width),
                         "uint8",
                         "attention",
@@ -210,12 +252,16 @@ class StoreSchema:
         for e in self.extras:
             dims = ("sample",) + (None,) * len(e.shape)
             specs.append(ArraySpec(e.name, e.shape, e.dtype, "extra", len(e.shape) >= 2, dims))
-        meta = [("sample_id", "str"), ("group", "str"), ("written", "bool")]
+        meta = [(SAMPLE_ID, "str"), (GROUP, "str"), (WRITTEN, "bool")]
         if self.version >= RECORD_VERSION:  # written per shard, before `written`
-            meta.insert(2, ("shard_record", "str"))
+            meta.insert(2, (SHARD_RECORD, "str"))
         for name, dtype in meta:
             specs.append(ArraySpec(name, (), dtype, "meta", False, ("sample",)))
         return specs
+
+    def _views(self) -> tuple[bool, ...]:
+        """The views stored, as `features_name`'s ``flip``: the plain one, then the flipped."""
+        return (False, True) if self.flips else (False,)
 
     def array_spec(self, name: str) -> ArraySpec | None:
         """The spec of stored array `name`, or None if the schema has no such array."""
@@ -256,24 +302,19 @@ class StoreSchema:
             ) from e
 
 
-def scale_array_name(features_name: str) -> str:
-    """The side array of a quantized features array: features_flip/C3 -> feature_scale_flip/C3."""
-    return features_name.replace("features", "feature_scale", 1)
-
-
 def input_extras(visible_hw: tuple[int, int], thermal_hw: tuple[int, int]) -> tuple[ExtraSpec, ...]:
     """Bundled student inputs: visible [3, H, W] and low-resolution thermal [1, h, w], uint8."""
     return (
-        ExtraSpec("inputs/visible", (3, *visible_hw), "uint8"),
-        ExtraSpec("inputs/thermal", (1, *thermal_hw), "uint8"),
+        ExtraSpec(INPUT_VISIBLE, (3, *visible_hw), "uint8"),
+        ExtraSpec(INPUT_THERMAL, (1, *thermal_hw), "uint8"),
     )
 
 
 def segmentation_extras(hw: tuple[int, int]) -> tuple[ExtraSpec, ...]:
     """Per-pixel class labels [H, W] uint8."""
-    return (ExtraSpec("labels", hw, "uint8"),)
+    return (ExtraSpec(LABELS, hw, "uint8"),)
 
 
 def detection_extras(max_boxes: int) -> tuple[ExtraSpec, ...]:
     """Padded boxes [max_boxes, 6] float32 (layout chosen by the writer) + `num_boxes` int32."""
-    return (ExtraSpec("boxes", (max_boxes, 6), "float32"), ExtraSpec("num_boxes", (), "int32"))
+    return (ExtraSpec(BOXES, (max_boxes, 6), "float32"), ExtraSpec(NUM_BOXES, (), "int32"))

@@ -29,18 +29,13 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from md.errors import StoreError
+from md.stores.arrays import array_mismatches, shard_object_key
 from md.stores.backends import MissingChunkError, StoreAccessError, parse_location
 from md.stores.codecs import decode_features
+from md.stores.encode import object_crc, run_identity
 from md.stores.pack import check_manifest
 from md.stores.schema import RECORD_VERSION, ArraySpec, scale_array_name
-from md.stores.target_store import (
-    TargetStore,
-    array_mismatches,
-    object_crc,
-    open_store,
-    run_identity,
-    shard_object_key,
-)
+from md.stores.target_store import TargetStore, open_store
 
 
 @dataclass
@@ -114,7 +109,8 @@ def _written_shards(ts: TargetStore, report: VerifyReport) -> tuple[list[int], l
     """(written, missing) shards by their ``written`` flags, read shard by shard: a damaged
     flag chunk is a finding for that shard (neither written nor missing), not a failure of
     verify itself."""
-    written, missing = [], []
+    written: list[int] = []
+    missing: list[int] = []
     for k in range(ts.num_shards):
         rng = ts.shard_range(k)
         try:

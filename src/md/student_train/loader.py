@@ -52,6 +52,15 @@ from md.data.transforms import (
 )
 from md.errors import DataError
 from md.stores import TargetStore
+from md.stores.schema import (
+    BOXES,
+    INPUT_THERMAL,
+    INPUT_VISIBLE,
+    LABELS,
+    NUM_BOXES,
+    attention_name,
+    features_name,
+)
 
 ALIGN = 32  # coarsest backbone stride (c5): crops on this grid cut every level exactly
 
@@ -309,18 +318,17 @@ class DistillDataset(Dataset[dict[str, Any]]):
     def _input_names(self) -> list[str]:
         """Bundled inputs / labels to read (the same whatever the flip)."""
         s = self.src
-        names = ["inputs/visible", "inputs/thermal"] if s.bundled_inputs else []
+        names = [INPUT_VISIBLE, INPUT_THERMAL] if s.bundled_inputs else []
         if s.bundled_labels:
-            names += ["labels"] if s.task == "segmentation" else ["boxes", "num_boxes"]
+            names += [LABELS] if s.task == "segmentation" else [BOXES, NUM_BOXES]
         return names
 
     def _target_names(self, flip: bool) -> dict[str, str]:
         """Stored target name -> sample key, for one flip state."""
-        suffix = "_flip" if flip else ""
         names = {}
         for lv, name in (self.src.target_levels or {}).items():
-            names[f"features{suffix}/{name}"] = f"target/features/{lv}"
-            names[f"attention{suffix}/{name}"] = f"target/attention/{lv}"
+            names[features_name(name, flip)] = f"target/features/{lv}"
+            names[attention_name(name, flip)] = f"target/attention/{lv}"
         return names
 
     def _read_store(self, rows: list[int], augs: list[Augment]) -> list[dict[str, np.ndarray]]:
@@ -351,8 +359,8 @@ class DistillDataset(Dataset[dict[str, Any]]):
         item = self._base_item(row, stored)
         # Thermal at student resolution, on the full frame; the teacher keeps the full one.
         full_thermal = item["thermal"]
-        if "inputs/thermal" in stored:
-            item["thermal"] = upsample_thermal(stored["inputs/thermal"], s.image_hw)
+        if INPUT_THERMAL in stored:
+            item["thermal"] = upsample_thermal(stored[INPUT_THERMAL], s.image_hw)
         elif s.thermal_factor is not None:
             item["thermal"] = reduce_thermal(full_thermal, s.thermal_factor)
         if s.teacher_inputs:
@@ -386,7 +394,7 @@ class DistillDataset(Dataset[dict[str, Any]]):
             index = row if s.ds_index is None else int(s.ds_index[row])
             item = dict(s.dataset[index])
         if s.bundled_inputs:
-            item["visible"] = torch.from_numpy(stored["inputs/visible"]).float() / 255.0
+            item["visible"] = torch.from_numpy(stored[INPUT_VISIBLE]).float() / 255.0
             item.setdefault("thermal", None)
         if s.bundled_labels:
             item.update(unpack_labels(s.task, stored))

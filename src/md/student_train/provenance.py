@@ -17,8 +17,9 @@ import numpy as np
 from md.data import PairedDataset
 from md.errors import StoreError
 from md.stores import LevelSpec, StoreSchema, TargetStore
+from md.stores.schema import INPUT_THERMAL, INPUT_VISIBLE
 
-INPUT_NAMES = ("inputs/visible", "inputs/thermal")
+INPUT_NAMES = (INPUT_VISIBLE, INPUT_THERMAL)
 
 
 def store_levels(store: TargetStore, levels: Sequence[str]) -> dict[str, LevelSpec]:
@@ -146,14 +147,14 @@ def bundled_labels(schema: StoreSchema) -> bool:
 
 
 def bundled_image_hw(schema: StoreSchema) -> tuple[int, int]:
-    shape = {e.name: e.shape for e in schema.extras}["inputs/visible"]
+    shape = {e.name: e.shape for e in schema.extras}[INPUT_VISIBLE]
     return int(shape[-2]), int(shape[-1])
 
 
 def bundled_thermal_factor(store: TargetStore) -> int:
     """Pixel factor of the bundled thermal: (H / h)², from the array shapes."""
     shapes = {e.name: e.shape for e in store.schema.extras}
-    (vh, vw), (th, tw) = shapes["inputs/visible"][-2:], shapes["inputs/thermal"][-2:]
+    (vh, vw), (th, tw) = shapes[INPUT_VISIBLE][-2:], shapes[INPUT_THERMAL][-2:]
     for side in (1, 2, 4, 8):
         if (max(1, vh // side), max(1, vw // side)) == (th, tw):
             return side * side

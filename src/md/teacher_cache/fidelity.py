@@ -23,6 +23,7 @@ from md.data import open_dataset
 from md.data.collate import collate
 from md.models import TwoStreamTeacher
 from md.stores import PRESETS, measure_fidelity
+from md.stores.schema import features_name
 from md.teacher_cache.run import CacheConfig, load_teacher, run
 from md.teacher_cache.targets import teacher_targets
 from md.train.checkpoint import file_sha256
@@ -49,7 +50,7 @@ def teacher_features(
             teacher, batch["visible"].to(dev), batch["thermal"].to(dev), teacher.levels
         )
         for lv in teacher.levels:
-            parts[lv].append(out[f"features/{lv}"])
+            parts[lv].append(out[features_name(lv)])
     return {lv: np.concatenate(p) for lv, p in parts.items()}
 
 

@@ -26,6 +26,7 @@ from md.data.collate import collate
 from md.data.prefetch import Prefetcher
 from md.errors import DataError
 from md.stores import StoreSchema, TargetStore
+from md.stores.schema import FLIP
 from md.teacher_cache.targets import bundled_inputs, teacher_targets
 from md.teacher_cache.writer import Shard, WriterKind, make_writer
 
@@ -186,7 +187,7 @@ def batch_targets(
                 thermal.flip(-1),
                 opts.levels,
                 amp=opts.amp,
-                suffix="_flip",
+                suffix=FLIP,
             )
         )
     if opts.thermal_factor:

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from md.data.transforms import thermal_side_divisor
 from md.errors import DataError
+from md.stores.schema import FLIP, INPUT_THERMAL, INPUT_VISIBLE, attention_name, features_name
 
 # Columns of the bundled ``boxes`` rows: xyxy pixels, ignore flag (0/1), bbGt occlusion level.
 BOX_FIELDS = ("x1", "y1", "x2", "y2", "ignore", "occlusion")
@@ -66,8 +67,8 @@ def teacher_targets(
         out = teacher.forward_features(visible, thermal)  # type: ignore[operator]
     targets: dict[str, np.ndarray] = {}
     for lv in levels:
-        targets[f"features{suffix}/{lv}"] = _numpy(out["features"][lv])
-        targets[f"attention{suffix}/{lv}"] = _numpy(out["masks"][lv])
+        targets[features_name(lv, flip=suffix == FLIP)] = _numpy(out["features"][lv])
+        targets[attention_name(lv, flip=suffix == FLIP)] = _numpy(out["masks"][lv])
     return targets
 
 
@@ -102,8 +103,8 @@ def bundled_inputs(
 ) -> dict[str, np.ndarray]:
     """The student-resolution inputs and labels of a collated batch (see module docstring)."""
     out = {
-        "inputs/visible": _uint8(batch["visible"]),
-        "inputs/thermal": _uint8(low_thermal(batch["thermal"], thermal_factor)),
+        INPUT_VISIBLE: _uint8(batch["visible"]),
+        INPUT_THERMAL: _uint8(low_thermal(batch["thermal"], thermal_factor)),
     }
     if "labels" in batch:
         out["labels"] = batch["labels"].numpy().astype(np.uint8)  # classes 0..8

@@ -44,11 +44,9 @@ from types import TracebackType
 from typing import Any, Literal
 
 import numpy as np
-from zarr.core.sync import sync
 
 from md.errors import StoreError
 from md.stores import TargetStore
-from md.stores.target_store import shard_object_key
 
 
 @dataclass
@@ -322,8 +320,4 @@ def _die_with_parent() -> None:
 def shard_stored_bytes(store: TargetStore, k: int) -> int:
     """Stored bytes of an already written shard k over every array (one size lookup per
     array; a fresh write gets the same figure from `TargetStore.write_shard`)."""
-    total = 0
-    for name in store.raw_names():
-        arr = store.raw_array(name)
-        total += int(sync(arr.store_path.store.getsize(shard_object_key(arr, k))))
-    return total
+    return store.shard_stored_bytes(k)
