@@ -6,15 +6,9 @@ thermal down/up-sampling and joint flips / crops.
 
 from md.data.collate import collate
 from md.data.kaist import KaistDataset
-from md.data.layout import (
-    PairedDataset,
-    Sample,
-    dataset_fingerprint,
-    detect_layout,
-    open_dataset,
-    validate,
-)
+from md.data.layout import PairedDataset, Sample, dataset_fingerprint, validate
 from md.data.mfnet import MfnetDataset
+from md.data.opening import detect_layout, open_dataset
 
 __all__ = [
     "KaistDataset",

@@ -1,5 +1,6 @@
-"""What the KAIST and MFNet readers share: the sample record, the dataset base class, layout
-detection, list files, image loading, `validate` and `dataset_fingerprint`.
+"""What the KAIST and MFNet readers share: the sample record, the dataset base class, list
+files, image loading, `validate` and `dataset_fingerprint` (layout detection and
+`open_dataset`, which need both readers, are in `md.data.opening`).
 
 Layouts on disk (see docs/internals.md, "Images and samples"):
 
@@ -10,13 +11,13 @@ Layouts on disk (see docs/internals.md, "Images and samples"):
 
 Existence of every file is checked when the dataset is opened (cheap `stat` calls, so a
 missing modality file fails before any training starts); sizes, decodability and annotation
-contents are checked lazily when an item is loaded, and for every sample by `validate`.
+contents are checked lazily when an item is loaded, and for every sample by `validate`
+(KAIST annotations are parsed when the dataset opens).
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -28,17 +29,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from md.errors import ConfigError, DataError
+from md.errors import DataError
 
 Item = dict[str, Any]
 
-KAIST_SET_DIR = re.compile(r"set\d{2}")
-
-LAYOUTS_HINT = (
-    "expected KAIST (images/setXX/VYYY/{visible,lwir}/IZZZZZ.png + "
-    "annotations/setXX/VYYY/IZZZZZ.txt) or MFNet (images/NAME.png with 4 channels + "
-    "labels/NAME.png)"
-)
 
 _HASH_CHUNK = 1 << 20  # bytes read per step when hashing: files are streamed, never slurped
 
@@ -101,57 +95,6 @@ class PairedDataset(Dataset[Item], ABC):
             f"{type(self).__name__}(root={str(self.root)!r}, layout={self.layout!r}, "
             f"samples={len(self)}, list_file={self.list_file and str(self.list_file)!r})"
         )
-
-
-# --- layout detection and opening ----------------------------------------------------------
-
-
-def detect_layout(root: Path) -> str:
-    """``"kaist"`` or ``"mfnet"`` from the folder structure; `DataError` if neither."""
-    images = root / "images"
-    if not root.is_dir():
-        raise DataError(f"{root}: no such dataset folder; pass the folder that holds images/")
-    if not images.is_dir():
-        raise DataError(f"{root}: no images/ folder, so neither layout; {LAYOUTS_HINT}")
-    has_sets = any(p.is_dir() and KAIST_SET_DIR.fullmatch(p.name) for p in images.iterdir())
-    if has_sets:
-        if not (root / "annotations").is_dir():
-            raise DataError(
-                f"{root}: images/setXX found but no annotations/ folder; add "
-                "annotations/setXX/VYYY/IZZZZZ.txt (bbGt v3), one per image"
-            )
-        return "kaist"
-    if any(images.glob("*.png")):
-        if not (root / "labels").is_dir():
-            raise DataError(
-                f"{root}: images/*.png found but no labels/ folder; add labels/NAME.png "
-                "(one channel, classes 0..8), one per image"
-            )
-        return "mfnet"
-    raise DataError(f"{root}: folder is in neither layout; {LAYOUTS_HINT}")
-
-
-def open_dataset(
-    root: str | Path, split: str | None = None, list_file: str | Path | None = None
-) -> PairedDataset:
-    """Open a KAIST- or MFNet-layout folder as a map-style dataset.
-
-    `split="train"` reads ``ROOT/train.txt`` (KAIST also ``ROOT/imageSets/train.txt``);
-    `list_file` is an explicit list path; with neither, every sample found, sorted by id.
-    """
-    # Imported here: the layout modules subclass `PairedDataset` from this module.
-    from md.data.kaist import KaistDataset
-    from md.data.mfnet import MfnetDataset
-
-    root = Path(root)
-    if split is not None and list_file is not None:
-        raise ConfigError(f"{root}: pass either split={split!r} or list_file, not both")
-    layout = detect_layout(root)
-    cls: type[KaistDataset] | type[MfnetDataset] = (
-        KaistDataset if layout == "kaist" else MfnetDataset
-    )
-    path = resolve_list(root, split, list_file, cls.list_dirs)
-    return cls.open(root, split=split, list_file=path)
 
 
 def resolve_list(

@@ -55,6 +55,7 @@ from md.data import PairedDataset, open_dataset
 from md.errors import ConfigError, MdError
 from md.stores import TargetStore
 from md.stores.backends import parse_location
+from md.teacher_cache.loading import load_teacher
 from md.teacher_cache.shards import ShardOptions, ShardStats, cache_shards
 from md.teacher_cache.writer import shard_stored_bytes
 from md.train.checkpoint import file_sha256
@@ -441,8 +442,6 @@ def _where() -> str:
 
 
 def _worker_teacher(job: ShardJob, device: torch.device) -> torch.nn.Module:
-    from md.teacher_cache.run import load_teacher  # run imports this module
-
     path = Path(job.teacher)
     try:
         st = path.stat()

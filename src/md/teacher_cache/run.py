@@ -35,7 +35,6 @@ from md.data import PairedDataset, dataset_fingerprint, open_dataset
 from md.data.kaist import parse_bbgt
 from md.data.transforms import thermal_side_divisor
 from md.errors import ConfigError, DataError, MdError, StoreError
-from md.eval.model_eval import load_model
 from md.models import TwoStreamTeacher
 from md.progress import progress_bar
 from md.stores import (
@@ -51,6 +50,7 @@ from md.stores import (
 from md.stores.info import info
 from md.stores.lock import WriterLock, writer_lock
 from md.teacher_cache.cluster import DaskRun, cache_on_dask, make_job, parse_resources
+from md.teacher_cache.loading import load_teacher
 from md.teacher_cache.provenance import explain_refusal, identity_attrs
 from md.teacher_cache.shards import ShardOptions, ShardStats, cache_shards
 from md.train.checkpoint import file_sha256
@@ -290,18 +290,6 @@ def _progress(
         bar.update(samples)
 
     return bar, add
-
-
-def load_teacher(path: str | Path) -> tuple[TwoStreamTeacher, dict[str, Any]]:
-    """The GAFF teacher of a checkpoint (eval mode, CPU) and the checkpoint dict."""
-    model, ckpt = load_model(path)
-    if ckpt["model_kind"] != "teacher":
-        raise MdError(
-            f"{path}: holds a {ckpt['model_kind']} model, not a GAFF teacher; "
-            "cache a checkpoint from `md train-teacher --fusion gaff`"
-        )
-    assert isinstance(model, TwoStreamTeacher)
-    return model, ckpt
 
 
 def select_levels(teacher: TwoStreamTeacher, wanted: tuple[str, ...], path: str) -> tuple[str, ...]:

@@ -28,7 +28,6 @@ import contextlib
 import inspect
 import os
 from collections.abc import Iterator, Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -40,6 +39,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from md.errors import ConfigError, MdError
+from md.models import normalisers
 from md.train import recipe
 
 
@@ -146,37 +146,12 @@ def mean_over_ranks(values: Mapping[str, Tensor], env: DistEnv) -> dict[str, Ten
 
 # --- global loss normalisers -----------------------------------------------------------------
 
-_SYNC_NORMALISERS: ContextVar[bool] = ContextVar("md_sync_normalisers", default=False)
-
-
 @contextlib.contextmanager
 def synced_normalisers(env: DistEnv) -> Iterator[None]:
     """Inside: `share_of_total` all-reduces (the training step's loss, on every rank at once).
     Outside (evaluation, rank-0-only code, single process) it is local and collective-free."""
-    token = _SYNC_NORMALISERS.set(env.active)
-    try:
+    with normalisers.synced(env.active):
         yield
-    finally:
-        _SYNC_NORMALISERS.reset(token)
-
-
-def syncing_normalisers() -> bool:
-    return _SYNC_NORMALISERS.get()
-
-
-def share_of_total(count: Tensor, minimum: float = 1) -> Tensor:
-    """The normaliser of a loss ``sum / count`` over a batch that DDP splits over ranks.
-
-    One process: ``max(count, minimum)``. In `synced_normalisers` under W ranks:
-    ``max(Σ_ranks count, minimum) / W``, so that DDP's average over ranks of
-    ``sum_r / normaliser`` equals ``Σ sum_r / max(Σ count, minimum)``: the one-process loss on
-    the global batch (and the ranks' logged values average to it).
-    """
-    if not syncing_normalisers():
-        return count.clamp(min=minimum)
-    total = count.detach().float().clone()
-    dist.all_reduce(total)
-    return total.clamp(min=minimum) / dist.get_world_size()
 
 
 # --- per-rank step seeds -----------------------------------------------------------------------

@@ -50,7 +50,7 @@ from md.models.heads.boxes import (
     grid_anchors,
     nms,
 )
-from md.train.distributed import share_of_total
+from md.models.normalisers import share_of_total
 
 ASSIGNERS = ("iou", "mutual_guidance")
 
@@ -442,7 +442,7 @@ class DetectionHead(nn.Module):
         targets: ``boxes`` list of B (N_i, 4) xyxy pixel tensors, optional ``box_ignore`` list
         of B (N_i,) bool. Both parts are normalized by their number of positive anchors in the
         batch (at least 1), so an image without pedestrians still trains the background; in a
-        DDP training step, by that of the global batch (`md.train.distributed.share_of_total`).
+        DDP training step, by that of the global batch (`md.models.normalisers.share_of_total`).
         """
         logits = outputs["cls_logits"][..., 0].float()  # (B, A)
         deltas = outputs["box_deltas"].float()  # (B, A, 4)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from md.train.distributed import share_of_total, syncing_normalisers
+from md.models.normalisers import share_of_total, syncing_normalisers
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
