@@ -126,6 +126,20 @@ def test_lost_shard_object_raises_instead_of_zeros(local_store: Path) -> None:
     assert any("missing though the shard is marked written" in p for p in report.problems)
 
 
+def test_shard_stored_bytes_of_a_lost_object_is_one_line(local_store: Path) -> None:
+    def of_shard_1(f: Path) -> bool:  # <array>/c/1 or <array>/c/1/0/...: shard 1's object
+        parts = f.relative_to(local_store).parts
+        return f.is_file() and "c" in parts and parts[parts.index("c") + 1 :][:1] == ("1",)
+
+    with open_store(local_store) as ts:
+        on_disk = [f.stat().st_size for f in local_store.rglob("*") if of_shard_1(f)]
+        assert len(on_disk) == len(ts.raw_names())  # one object per array
+        assert ts.shard_stored_bytes(1) == sum(on_disk)
+    (local_store / "features" / "C3" / "c" / "1" / "0" / "0" / "0").unlink()
+    with open_store(local_store) as ts, pytest.raises(StoreError, match=r"cannot read shard 1"):
+        ts.shard_stored_bytes(1)
+
+
 def _write_in_child(url: str, shards: list[int]) -> None:
     write_shards(open_store(url, mode="r+"), shards)
 

@@ -171,7 +171,8 @@ class TargetStore:
         """Stored bytes of written shard k over every array (its objects' sizes, looked up
         concurrently; `write_shard` returns the same figure for a fresh write)."""
         arrays = self.raw_arrays(self.raw_names())
-        return sum(sync(object_sizes(arrays, k)))
+        with self._errors(f"shard {k}"):  # an object gone from a written shard: one line
+            return sum(sync(object_sizes(arrays, k)))
 
     def set_attrs(self, attrs: Mapping[str, Any]) -> None:
         """Add or replace provenance attributes (JSON; store-owned keys are refused).

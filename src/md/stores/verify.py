@@ -34,7 +34,14 @@ from md.stores.backends import MissingChunkError, StoreAccessError, parse_locati
 from md.stores.codecs import decode_features
 from md.stores.encode import object_crc, run_identity
 from md.stores.pack import check_manifest
-from md.stores.schema import RECORD_VERSION, ArraySpec, scale_array_name
+from md.stores.schema import (
+    RECORD_VERSION,
+    SAMPLE_ID,
+    SHARD_RECORD,
+    WRITTEN,
+    ArraySpec,
+    scale_array_name,
+)
 from md.stores.target_store import TargetStore, open_store
 
 
@@ -114,7 +121,7 @@ def _written_shards(ts: TargetStore, report: VerifyReport) -> tuple[list[int], l
     for k in range(ts.num_shards):
         rng = ts.shard_range(k)
         try:
-            flags = np.asarray(ts.raw_array("written", check=False)[rng.start : rng.stop])
+            flags = np.asarray(ts.raw_array(WRITTEN, check=False)[rng.start : rng.stop])
         except StoreAccessError:
             raise
         except Exception as e:
@@ -225,9 +232,7 @@ def _describe(error: Exception) -> str:
 def _named(ts: TargetStore, indices: list[int]) -> str:
     """'5 (set06/V000/I00019), 7 (...)' where sample ids are readable."""
     try:
-        ids = np.asarray(
-            ts.raw_array("sample_id", check=False).oindex[np.asarray(indices)]
-        ).tolist()
+        ids = np.asarray(ts.raw_array(SAMPLE_ID, check=False).oindex[np.asarray(indices)]).tolist()
         return ", ".join(f"{i} ({s})" for i, s in zip(indices, ids, strict=True))
     except StoreAccessError:
         raise
@@ -240,7 +245,7 @@ def _check_ids(ts: TargetStore, written: list[int], report: VerifyReport) -> Non
     for k in written:
         rng = ts.shard_range(k)
         try:
-            ids = np.asarray(ts.raw_array("sample_id", check=False)[rng.start : rng.stop]).tolist()
+            ids = np.asarray(ts.raw_array(SAMPLE_ID, check=False)[rng.start : rng.stop]).tolist()
         except StoreAccessError:
             raise
         except Exception:
@@ -267,7 +272,7 @@ def _check_records(
     identity = _root_identity(ts, report)
     if identity is None:
         return
-    names = [s.name for s in specs if s.name not in ("shard_record", "written")]
+    names = [s.name for s in specs if s.name not in (SHARD_RECORD, WRITTEN)]
     for k in shards:
         record = _read_record(ts, k, report)
         if record is None:
@@ -328,7 +333,7 @@ def _read_record(ts: TargetStore, k: int, report: VerifyReport) -> dict[str, Any
     rng = ts.shard_range(k)
     try:
         values = set(
-            np.asarray(ts.raw_array("shard_record", check=False)[rng.start : rng.stop]).tolist()
+            np.asarray(ts.raw_array(SHARD_RECORD, check=False)[rng.start : rng.stop]).tolist()
         )
         (text,) = values
         record = json.loads(text)

@@ -420,7 +420,7 @@ def unpack_labels(task: str, stored: Mapping[str, np.ndarray]) -> dict[str, Tens
     ``box_ignore`` (N,) bool, ``box_occlusion`` (N,) int64 from rows
     (x1, y1, x2, y2, ignore, occlusion) of which the first ``num_boxes`` are real."""
     if task == "segmentation":
-        return {"labels": torch.from_numpy(stored["labels"].astype(np.int64))}
-    rows = torch.from_numpy(np.asarray(stored["boxes"])[: int(stored["num_boxes"])].copy())
+        return {"labels": torch.from_numpy(stored[LABELS].astype(np.int64))}
+    rows = torch.from_numpy(np.asarray(stored[BOXES])[: int(stored[NUM_BOXES])].copy())
     return {"boxes": rows[:, :4].float(), "box_ignore": rows[:, 4] > 0.5,
             "box_occlusion": rows[:, 5].round().long()}

@@ -17,7 +17,7 @@ import numpy as np
 from md.data import PairedDataset
 from md.errors import StoreError
 from md.stores import LevelSpec, StoreSchema, TargetStore
-from md.stores.schema import INPUT_THERMAL, INPUT_VISIBLE
+from md.stores.schema import BOXES, INPUT_THERMAL, INPUT_VISIBLE, LABELS, NUM_BOXES
 
 INPUT_NAMES = (INPUT_VISIBLE, INPUT_THERMAL)
 
@@ -143,7 +143,7 @@ def bundled_inputs(schema: StoreSchema) -> bool:
 
 def bundled_labels(schema: StoreSchema) -> bool:
     names = {e.name for e in schema.extras}
-    return "labels" in names or {"boxes", "num_boxes"} <= names
+    return LABELS in names or {BOXES, NUM_BOXES} <= names
 
 
 def bundled_image_hw(schema: StoreSchema) -> tuple[int, int]:

@@ -28,6 +28,7 @@ from typing import Any
 
 from md.errors import StoreError
 from md.stores import StoreSchema, open_store
+from md.stores.schema import BOXES
 from md.teacher_cache.targets import BOX_FIELDS
 
 
@@ -81,9 +82,7 @@ def identity_attrs(
             "bundle_inputs": thermal_size is not None,
             "thermal_factor": thermal_factor if thermal_size is not None else None,
             "thermal_size": list(thermal_size) if thermal_size is not None else None,
-            "box_fields": list(BOX_FIELDS)
-            if any(e.name == "boxes" for e in schema.extras)
-            else None,
+            "box_fields": list(BOX_FIELDS) if any(e.name == BOXES for e in schema.extras) else None,
             "amp": amp,
         },
     }

@@ -31,7 +31,16 @@ from torch import Tensor, nn
 
 from md.data.transforms import thermal_side_divisor
 from md.errors import DataError
-from md.stores.schema import FLIP, INPUT_THERMAL, INPUT_VISIBLE, attention_name, features_name
+from md.stores.schema import (
+    BOXES,
+    FLIP,
+    INPUT_THERMAL,
+    INPUT_VISIBLE,
+    LABELS,
+    NUM_BOXES,
+    attention_name,
+    features_name,
+)
 
 # Columns of the bundled ``boxes`` rows: xyxy pixels, ignore flag (0/1), bbGt occlusion level.
 BOX_FIELDS = ("x1", "y1", "x2", "y2", "ignore", "occlusion")
@@ -107,7 +116,7 @@ def bundled_inputs(
         INPUT_THERMAL: _uint8(low_thermal(batch["thermal"], thermal_factor)),
     }
     if "labels" in batch:
-        out["labels"] = batch["labels"].numpy().astype(np.uint8)  # classes 0..8
+        out[LABELS] = batch["labels"].numpy().astype(np.uint8)  # classes 0..8
     else:
         out.update(pack_boxes(batch, max_boxes))
     return out
@@ -130,4 +139,4 @@ def pack_boxes(batch: Mapping[str, Any], max_boxes: int) -> dict[str, np.ndarray
         rows[i, :k, 4] = batch["box_ignore"][i].numpy()
         rows[i, :k, 5] = batch["box_occlusion"][i].numpy()
         counts[i] = k
-    return {"boxes": rows, "num_boxes": counts}
+    return {BOXES: rows, NUM_BOXES: counts}
