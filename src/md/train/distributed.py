@@ -40,6 +40,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from md.errors import ConfigError, MdError
 from md.models import normalisers
+from md.models.normalisers import share_of_total as share_of_total  # re-exported
+from md.models.normalisers import syncing_normalisers as syncing_normalisers  # re-exported
 from md.train import recipe
 
 
