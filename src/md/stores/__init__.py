@@ -10,7 +10,7 @@ sits behind::
     batch = open_store("run.zarr").read([3, 4, 5])         # float32 features, float masks
     report = verify("run.zip"); print(info("run.zip")["bytes_per_sample"])
 
-Layout, invariants and failure semantics: see `md.stores.target_store` and docs/DESIGN.md.
+Layout, invariants and failure semantics: see `md.stores.target_store` and docs/internals.md ("Stores").
 """
 
 from md.errors import IncompleteStoreError, StoreError
