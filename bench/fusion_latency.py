@@ -22,13 +22,12 @@ import time
 
 import torch
 
-from md.models import build_model
+from md.models import build_model, head_kwargs, num_classes
 from md.models.fold import fold_image_level
-from md.train.teacher import head_kwargs
 
 
 def build(task: str, width: float, head_channels: int) -> dict[str, torch.nn.Module]:
-    kw = {"width": width, "num_classes": 9 if task == "segmentation" else 1,
+    kw = {"width": width, "num_classes": num_classes(task),
           "head_kwargs": head_kwargs(task, head_channels)}
     image_level = build_model("student", task, in_channels=6, levels=[], **kw)
     return {

@@ -307,7 +307,8 @@ def _fig4_rows(records: list[dict[str, Any]], cfg: DemoConfig, data: str,
     import torch
 
     from md.data import collate, open_dataset
-    from md.eval.model_eval import default_thermal_factor, load_model, model_inputs
+    from md.eval.model_eval import default_thermal_factor, model_inputs
+    from md.models import load_model
     from md.stores import open_store
     from md.student_train.losses import FocalMSELoss
 

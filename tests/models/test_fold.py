@@ -10,9 +10,8 @@ import torch.nn.functional as F
 from torch.utils._pytree import tree_leaves
 
 from md.errors import MdError
-from md.models import build_model
+from md.models import build_model, head_kwargs, num_classes
 from md.models.fold import FoldedStem, fold_image_level
-from md.train.teacher import head_kwargs
 from tests.fp import gamma
 
 
@@ -23,7 +22,7 @@ def _student(task: str, in_channels: int = 6) -> torch.nn.Module:
         task,
         in_channels=in_channels,
         width=0.25,
-        num_classes=9 if task == "segmentation" else 1,
+        num_classes=num_classes(task),
         head_kwargs=head_kwargs(task, 16),
         head_input="trunk",
     )

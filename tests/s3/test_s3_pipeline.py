@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from md.train.checkpoint import load_checkpoint
+from md.models.checkpoint import load_checkpoint
 from tests.conftest import run_cli
 from tests.s3server import S3Server
 

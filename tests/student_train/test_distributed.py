@@ -59,10 +59,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from md.models.checkpoint import load_checkpoint
 from md.models.heads import DetectionHead, SegmentationHead
 from md.student_train.loader import ShardAwareSampler
 from md.train import distributed
-from md.train.checkpoint import load_checkpoint
 from md.train.metrics_log import read_log
 from tests.conftest import REPO, run_cli
 

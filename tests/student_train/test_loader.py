@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from md.data import open_dataset
-from md.eval.model_eval import load_model
+from md.models import load_model
 from md.stores import open_store
 from md.student_train.loader import (
     DistillDataset,

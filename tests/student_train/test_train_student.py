@@ -10,8 +10,8 @@ import pytest
 import torch
 import yaml
 
+from md.models.checkpoint import file_sha256, load_checkpoint
 from md.stores import open_store
-from md.train.checkpoint import file_sha256, load_checkpoint
 from md.train.metrics_log import read_log
 from tests.conftest import run_cli
 from tests.student_train.caching import cache

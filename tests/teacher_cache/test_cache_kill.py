@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from md.models.checkpoint import file_sha256
 from md.stores import open_store, verify
-from md.train.checkpoint import file_sha256
 from tests.conftest import REPO
 from tests.teacher_cache.test_cache_teacher import cache, raw_arrays
 

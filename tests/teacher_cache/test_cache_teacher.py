@@ -20,10 +20,10 @@ import md.teacher_cache.shards as shards_module
 from md.data import dataset_fingerprint, open_dataset
 from md.data.transforms import reduce_thermal
 from md.errors import DataError
+from md.models.checkpoint import file_sha256
 from md.stores import SCHEMA_VERSION, TargetStore, open_store, verify
 from md.stores.codecs import get_preset
 from md.teacher_cache import CacheConfig, load_teacher, low_thermal, run, student_thermal
-from md.train.checkpoint import file_sha256
 from tests.conftest import run_cli
 from tests.fp import fp16_target_tolerance, mask_target_tolerance
 from tests.teacher_cache.conftest import train_tiny

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from md.errors import MdError
-from md.train.checkpoint import file_sha256, load_checkpoint, save_checkpoint, weights_sha256
+from md.models.checkpoint import file_sha256, load_checkpoint, weights_sha256
+from md.train.checkpoint import save_checkpoint
 from md.train.recipe import lr_at, make_optimizer
 from md.train.sampling import IterationBatchSampler
 

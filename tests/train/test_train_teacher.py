@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from md.train.checkpoint import load_checkpoint
+from md.models.checkpoint import load_checkpoint
 from md.train.metrics_log import read_log
 from tests.conftest import run_cli
 

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from md.eval.runtime import latency_ms
-from md.models import build_model
+from md.models import build_model, model_args
 from md.models.fold import fold_image_level
+from md.models.resnet import LEVELS
 from md.train.recipe import resolve_device
-from md.train.teacher import head_kwargs
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -27,17 +27,16 @@ def build_models(task: str, width: float, head_channels: int,
     """{teacher, md_student (6-ch, all levels), md_student_folded_stem (the same, its
     image-level stem folded to 4 channels: md.models.fold), visible_only_student (3-ch, no
     levels)}."""
-    num_classes = 9 if task == "segmentation" else 1
-    hk = head_kwargs(task, head_channels)
-    md_student = build_model("student", task, in_channels=6, width=width,
-                             num_classes=num_classes, head_kwargs=hk, head_input=head_input)
+    def build(kind: str, **kw: Any) -> nn.Module:
+        args = model_args(kind, task, width=width, head_channels=head_channels, **kw)
+        return build_model(kind, task, **args)
+
+    md_student = build("student", levels=LEVELS, in_channels=6, head_input=head_input)
     return {
-        "teacher": build_model("teacher", task, width=width, num_classes=num_classes,
-                               head_kwargs=hk),
+        "teacher": build("teacher", levels=LEVELS),
         "md_student": md_student,
         "md_student_folded_stem": fold_image_level(md_student),  # type: ignore[arg-type]
-        "visible_only_student": build_model("student", task, in_channels=3, width=width,
-                                            levels=(), num_classes=num_classes, head_kwargs=hk),
+        "visible_only_student": build("student", levels=(), in_channels=3),
     }
 
 

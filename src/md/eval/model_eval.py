@@ -24,20 +24,11 @@ from md.data.transforms import reduce_thermal, student_input
 from md.errors import MdError
 from md.eval import kaist, mfnet
 from md.eval.runtime import latency_ms
-from md.models import build_model
-from md.train.checkpoint import file_sha256, load_checkpoint
+from md.models import load_model
+from md.models.checkpoint import file_sha256
 from md.train.recipe import resolve_device
 
 THERMAL_NONE = 0  # sentinel for "visible-only" in --thermal-factor
-
-
-def load_model(ckpt_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model recorded in a checkpoint and load its weights (eval mode)."""
-    ckpt = load_checkpoint(ckpt_path)
-    model = build_model(ckpt["model_kind"], ckpt["task"], **ckpt["model_args"])
-    model.load_state_dict(ckpt["weights"])
-    model.eval()
-    return model, ckpt
 
 
 def model_inputs(model: nn.Module, kind: str, batch: dict[str, Any], thermal_factor: int,

@@ -1,6 +1,7 @@
 """md.models: ResNet-18 trunk, GAFF fusion, the MD teacher / student and the baselines.
 
-``build_model(kind, task, **kwargs)`` is the one way in for configs and the CLI:
+``build_model(kind, task, **kwargs)`` (`md.models.factory`, with ``model_args`` and
+``load_model``) is the one way in for configs, checkpoints and the CLI:
 
 - "teacher": :class:`TwoStreamTeacher` (two-stream + GAFF; the feature-level baseline);
 - "student": :class:`OneStreamStudent` (6-channel image-level fusion, or 3-channel
@@ -8,39 +9,24 @@
 - "decision": :class:`DecisionLevel` (average of per-modality predictions).
 """
 
-from __future__ import annotations
-
-from typing import Any
-
-from torch import nn
-
-from md.errors import MdError
 from md.models.decision import DecisionLevel
+from md.models.factory import (
+    MODEL_KINDS,
+    build_model,
+    head_kwargs,
+    load_model,
+    model_args,
+    num_classes,
+)
 from md.models.gaff import GAFF, GAFFLoss, foreground_from_boxes, foreground_from_labels
 from md.models.norm import ImageNorm
-from md.models.resnet import ResNet18, adapt_conv1_weight, load_pretrained
+from md.models.resnet import LEVEL_BASE_CHANNELS, ResNet18, adapt_conv1_weight, load_pretrained
 from md.models.student import OneStreamStudent
 from md.models.teacher import TwoStreamTeacher
 
-MODEL_KINDS: dict[str, type[nn.Module]] = {
-    "teacher": TwoStreamTeacher,
-    "student": OneStreamStudent,
-    "decision": DecisionLevel,
-}
-
-
-def build_model(kind: str, task: str, **kwargs: Any) -> nn.Module:
-    """Build a model by kind ("teacher" | "student" | "decision") for ``task``.
-
-    ``kwargs`` go to the class constructor (width, levels, num_classes, head_kwargs, ...).
-    """
-    if kind not in MODEL_KINDS:
-        raise MdError(f"model kind must be one of {sorted(MODEL_KINDS)}, got {kind!r}")
-    return MODEL_KINDS[kind](task=task, **kwargs)
-
-
 __all__ = [
     "GAFF",
+    "LEVEL_BASE_CHANNELS",
     "MODEL_KINDS",
     "DecisionLevel",
     "GAFFLoss",
@@ -52,5 +38,9 @@ __all__ = [
     "build_model",
     "foreground_from_boxes",
     "foreground_from_labels",
+    "head_kwargs",
+    "load_model",
     "load_pretrained",
+    "model_args",
+    "num_classes",
 ]

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from md.errors import MdError
 from md.models.norm import ImageNorm
 from md.models.resnet import ResNet18, load_pretrained
-from md.models.teacher import build_task_head, check_task, head_targets, weighted_total
+from md.models.shared import build_task_head, check_task, head_targets, weighted_total
 
 
 class SingleModalityNet(nn.Module):

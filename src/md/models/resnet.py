@@ -29,6 +29,8 @@ from md.errors import MdError
 LEVELS: tuple[str, ...] = ("c3", "c4", "c5")
 STRIDES: dict[str, int] = {"c3": 8, "c4": 16, "c5": 32}
 _BASE_CHANNELS: tuple[int, ...] = (64, 128, 256, 512)  # layer1..layer4 at width 1
+# Level channels at width 1 (layer2..layer4): a store's channel counts give the teacher's width.
+LEVEL_BASE_CHANNELS: dict[str, int] = dict(zip(LEVELS, _BASE_CHANNELS[1:], strict=True))
 _MIN_CHANNELS = 8
 
 

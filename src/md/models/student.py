@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from md.errors import MdError
 from md.models.norm import ImageNorm
 from md.models.resnet import LEVELS, BasicBlock, ResNet18, load_pretrained
-from md.models.teacher import (
+from md.models.shared import (
     build_task_head,
     check_levels,
     check_task,

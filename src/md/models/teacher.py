@@ -9,8 +9,7 @@ nothing to distil there), so the head always sees the full pyramid.
 ``forward`` returns the distillation targets at the GAFF levels (``features``: fused
 features, ``masks``: teacher masks, eq. 2-3) plus the raw GAFF outputs and the head outputs.
 ``loss`` adds the GAFF supervision (intra Dice/BCE, guided inter CE; mean over levels) to the
-head's loss parts. This module also holds the small helpers the student and the
-decision-level baseline share (head construction, targets, weighted totals).
+head's loss parts.
 """
 
 from __future__ import annotations
@@ -24,63 +23,15 @@ from torch import Tensor, nn
 
 from md.errors import MdError
 from md.models.gaff import GAFF, GAFFLoss, foreground_from_boxes, foreground_from_labels
-from md.models.heads import build_head
 from md.models.norm import ImageNorm
 from md.models.resnet import LEVELS, ResNet18, load_pretrained
-
-TASKS: tuple[str, ...] = ("detection", "segmentation")
-_TARGET_KEYS: dict[str, tuple[str, ...]] = {
-    "detection": ("boxes", "box_ignore"),
-    "segmentation": ("labels",),
-}
-
-
-def check_task(task: str) -> str:
-    """Return ``task`` if it is "detection" or "segmentation", else raise MdError."""
-    if task not in TASKS:
-        raise MdError(f"task must be one of {TASKS}, got {task!r}")
-    return task
-
-
-def check_levels(levels: Sequence[str], allow_empty: bool) -> tuple[str, ...]:
-    """Validate a subset of ("c3", "c4", "c5"); returned in pyramid order."""
-    unknown = [lv for lv in levels if lv not in LEVELS]
-    if unknown or (not levels and not allow_empty):
-        raise MdError(f"levels must be a non-empty subset of {LEVELS}, got {tuple(levels)}")
-    return tuple(lv for lv in LEVELS if lv in levels)
-
-
-def build_task_head(
-    task: str,
-    in_channels: Mapping[str, int],
-    num_classes: int,
-    head_kwargs: Mapping[str, Any] | None,
-) -> Any:
-    """The task head from ``md.models.heads.build_head``.
-
-    ``num_classes`` goes to the segmentation head only (detection is single-class
-    pedestrian). Typed ``Any``: heads are nn.Modules with ``loss``/``predict``/``average``.
-    """
-    kwargs = dict(head_kwargs or {})
-    if task == "segmentation":
-        kwargs.setdefault("num_classes", num_classes)
-    return build_head(task, dict(in_channels), **kwargs)
-
-
-def head_targets(task: str, batch: Mapping[str, Any]) -> dict[str, Any]:
-    """The entries of a collated batch that the head's ``loss`` needs."""
-    missing = [k for k in _TARGET_KEYS[task] if k not in batch]
-    if missing:
-        raise MdError(f"{task} batch lacks {missing}; pass the collated dataset items")
-    return {k: batch[k] for k in _TARGET_KEYS[task]}
-
-
-def weighted_total(parts: Mapping[str, Tensor], weights: Mapping[str, float]) -> Tensor:
-    """Σ weight[name] · part over the named loss parts (missing weights are 1)."""
-    unknown = sorted(set(weights) - set(parts))
-    if unknown:
-        raise MdError(f"loss weights name unknown parts {unknown}; parts are {sorted(parts)}")
-    return torch.stack([weights.get(k, 1.0) * v.float() for k, v in parts.items()]).sum()
+from md.models.shared import (
+    build_task_head,
+    check_levels,
+    check_task,
+    head_targets,
+    weighted_total,
+)
 
 
 class TwoStreamTeacher(nn.Module):

@@ -53,8 +53,9 @@ from md.data import PairedDataset, collate, dataset_fingerprint, open_dataset
 from md.data.class_weights import enet_weights, label_frequencies
 from md.data.transforms import check_crop
 from md.errors import ConfigError, MdError, StoreError
-from md.models import build_model
-from md.models.teacher import check_levels
+from md.models import LEVEL_BASE_CHANNELS, build_model, load_model, model_args, num_classes
+from md.models.checkpoint import file_sha256
+from md.models.shared import check_levels
 from md.stores import TargetStore, open_store
 from md.student_train import provenance as prov
 from md.student_train.loader import (
@@ -67,11 +68,8 @@ from md.student_train.loader import (
 )
 from md.student_train.losses import DistillationLoss
 from md.train import distributed, recipe
-from md.train.checkpoint import file_sha256
 from md.train.loop import LoopSettings, LossFn, sidecar, train_loop
-from md.train.teacher import TASK_ITERATIONS, head_kwargs, resolve_class_weights
-
-LEVEL_BASE_CHANNELS = {"c3": 128, "c4": 256, "c5": 512}  # ResNet-18 at width 1
+from md.train.teacher import TASK_ITERATIONS, resolve_class_weights
 
 
 @dataclass(frozen=True)
@@ -195,7 +193,7 @@ def prepare(cfg: StudentTrainConfig, *, rank: int = 0, world_size: int = 1) -> S
         prov.check_store_shapes(store, prov.store_levels(store, levels),
                                 model.out_channels, model.strides,  # type: ignore[arg-type]
                                 source.image_hw)
-    meta = {"task": task, "model_kind": "student", "model_args": model_args(cfg),
+    meta = {"task": task, "model_kind": "student", "model_args": student_args(cfg),
             "config": config_to_dict(cfg), "split": cfg.split,
             "lineage": _lineage(cfg, store, rows, teacher_sha),
             "dataset_fingerprint": fingerprint or _store_fingerprint(store),
@@ -233,7 +231,8 @@ def _class_weights(cfg: StudentTrainConfig, ds: PairedDataset | None,
         rows = np.flatnonzero(store.written_mask())
         labels = (store.read(rows[i:i + 64], ["labels"])["labels"]
                   for i in range(0, len(rows), 64))
-        return replace(cfg, class_weights=enet_weights(label_frequencies(labels, 9)))
+        frequencies = label_frequencies(labels, num_classes(cfg.task))
+        return replace(cfg, class_weights=enet_weights(frequencies))
     raise MdError("class_weighting=enet needs training labels: pass --data, a store made with "
                   "--bundle-inputs, or class_weighting=none")
 
@@ -296,8 +295,6 @@ def _resolve_task(cfg: StudentTrainConfig, ds: PairedDataset | None,
 def _online_teacher(cfg: StudentTrainConfig, task: str) -> tuple[nn.Module | None, str | None]:
     if not (cfg.online_teacher and cfg.distill):
         return None, None
-    from md.eval.model_eval import load_model
-
     teacher, ckpt = load_model(cfg.online_teacher)
     if ckpt["model_kind"] != "teacher" or ckpt["task"] != task:
         raise MdError(f"{cfg.online_teacher}: holds a {ckpt['task']} {ckpt['model_kind']}, "
@@ -398,18 +395,17 @@ def _store_fingerprint(store: TargetStore | None) -> dict[str, Any] | None:
 # --- model and loss ------------------------------------------------------------------------------
 
 
-def model_args(cfg: StudentTrainConfig) -> dict[str, Any]:
+def student_args(cfg: StudentTrainConfig) -> dict[str, Any]:
     """Constructor arguments saved in the checkpoint so `md evaluate model` can rebuild it."""
-    return {"in_channels": 3 if thermal_factor_of(cfg) is None else 6, "width": cfg.width,
-            "levels": list(cfg.levels), "head_input": cfg.head_input,
-            "num_classes": 9 if cfg.task == "segmentation" else 1,
-            "head_kwargs": head_kwargs(cfg.task, cfg.head_channels, cfg.assign,
-                                       cfg.class_weights)}
+    return model_args("student", cfg.task, width=cfg.width, head_channels=cfg.head_channels,
+                      levels=cfg.levels, assign=cfg.assign, class_weights=cfg.class_weights,
+                      in_channels=3 if thermal_factor_of(cfg) is None else 6,
+                      head_input=cfg.head_input)
 
 
 def _build_student(cfg: StudentTrainConfig) -> nn.Module:
     torch.manual_seed(cfg.seed)  # initial weights depend on the seed only
-    return build_model("student", cfg.task, pretrained=cfg.pretrained or None, **model_args(cfg))
+    return build_model("student", cfg.task, pretrained=cfg.pretrained or None, **student_args(cfg))
 
 
 def _loss_fn(cfg: StudentTrainConfig, model: nn.Module, teacher: nn.Module | None) -> LossFn:

@@ -53,12 +53,12 @@ import torch
 
 from md.data import PairedDataset, open_dataset
 from md.errors import ConfigError, MdError
+from md.models.checkpoint import file_sha256
 from md.stores import TargetStore
 from md.stores.backends import parse_location
 from md.teacher_cache.loading import load_teacher
 from md.teacher_cache.shards import ShardOptions, ShardStats, cache_shards
 from md.teacher_cache.writer import shard_stored_bytes
-from md.train.checkpoint import file_sha256
 from md.train.recipe import resolve_device
 
 RETRIES = 2  # reruns of a task after an unexpected exception (not md errors, not lost workers)

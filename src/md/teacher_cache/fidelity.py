@@ -22,11 +22,11 @@ from torch.utils.data import DataLoader, Subset
 from md.data import open_dataset
 from md.data.collate import collate
 from md.models import TwoStreamTeacher
+from md.models.checkpoint import file_sha256
 from md.stores import PRESETS, measure_fidelity
 from md.stores.schema import features_name
 from md.teacher_cache.run import CacheConfig, load_teacher, run
 from md.teacher_cache.targets import teacher_targets
-from md.train.checkpoint import file_sha256
 from md.train.recipe import resolve_device
 
 

@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from md.errors import MdError
-from md.eval.model_eval import load_model
-from md.models import TwoStreamTeacher
+from md.models import TwoStreamTeacher, load_model
 
 
 def load_teacher(path: str | Path) -> tuple[TwoStreamTeacher, dict[str, Any]]:

@@ -36,6 +36,7 @@ from md.data.kaist import parse_bbgt
 from md.data.transforms import thermal_side_divisor
 from md.errors import ConfigError, DataError, MdError, StoreError
 from md.models import TwoStreamTeacher
+from md.models.checkpoint import file_sha256
 from md.progress import progress_bar
 from md.stores import (
     LevelSpec,
@@ -53,7 +54,6 @@ from md.teacher_cache.cluster import DaskRun, cache_on_dask, make_job, parse_res
 from md.teacher_cache.loading import load_teacher
 from md.teacher_cache.provenance import explain_refusal, identity_attrs
 from md.teacher_cache.shards import ShardOptions, ShardStats, cache_shards
-from md.train.checkpoint import file_sha256
 from md.train.recipe import resolve_device
 
 

@@ -23,9 +23,10 @@ import torch
 from torch import nn
 
 from md.errors import MdError
+from md.models.checkpoint import load_checkpoint
 from md.progress import progress_bar
 from md.train import distributed, recipe
-from md.train.checkpoint import load_checkpoint, save_checkpoint
+from md.train.checkpoint import save_checkpoint
 from md.train.metrics_log import MetricsLog, plot_loss_curves
 
 LossFn = Callable[[nn.Module, dict[str, Any]], dict[str, torch.Tensor]]

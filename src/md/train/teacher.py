@@ -20,7 +20,7 @@ from md.data.class_weights import dataset_class_weights
 from md.data.collate import collate
 from md.data.transforms import hflip_sample
 from md.errors import MdError
-from md.models import build_model
+from md.models import build_model, model_args
 from md.train import recipe
 from md.train.loop import LoopSettings, sidecar, train_loop
 from md.train.sampling import IterationBatchSampler, SeededAugment
@@ -69,26 +69,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def model_args(cfg: TeacherTrainConfig, num_classes: int) -> dict[str, Any]:
-    """Constructor arguments saved in the checkpoint so evaluation can rebuild the model."""
-    args: dict[str, Any] = {"width": cfg.width, "num_classes": num_classes}
-    args["head_kwargs"] = head_kwargs(cfg.task, cfg.head_channels, cfg.assign, cfg.class_weights)
-    if cfg.fusion == "gaff":
-        args["levels"] = list(cfg.levels)
-    return args
-
-
-def head_kwargs(task: str, channels: int, assign: str = "iou",
-                class_weights: tuple[float, ...] = ()) -> dict[str, Any]:
-    """Task-head options shared by teachers and students (same head on both sides)."""
-    if task == "detection":
-        return {"assign": assign, "neck_channels": channels}
-    out: dict[str, Any] = {"psp_channels": channels, "decoder_channels": channels}
-    if class_weights:
-        out["class_weights"] = list(class_weights)
-    return out
-
-
 def resolve_class_weights(cfg: Any, ds: Any) -> Any:
     """Fill `cfg.class_weights` from the training labels when `class_weighting` asks for it."""
     if cfg.task != "segmentation" or cfg.class_weighting == "none" or cfg.class_weights:
@@ -118,9 +98,9 @@ def run(cfg: TeacherTrainConfig, *, out: str | Path, resume: bool = False) -> di
                       f"pass --task {ds.task}")
     cfg = resolve_class_weights(cfg, ds)
     iterations = cfg.iterations or TASK_ITERATIONS[cfg.task]
-    num_classes = 9 if cfg.task == "segmentation" else 1
     kind = "teacher" if cfg.fusion == "gaff" else "decision"
-    margs = model_args(cfg, num_classes)
+    margs = model_args(kind, cfg.task, width=cfg.width, head_channels=cfg.head_channels,
+                       levels=cfg.levels, assign=cfg.assign, class_weights=cfg.class_weights)
     torch.manual_seed(cfg.seed)  # initial weights depend on the seed only
     model = build_model(kind, cfg.task, pretrained=cfg.pretrained or None, **margs)
     save_config(cfg, sidecar(out, "config.yaml"))
