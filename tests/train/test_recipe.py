@@ -65,3 +65,52 @@ def test_checkpoint_round_trip_and_tamper(tmp_path):
 def test_lr_math_is_cosine():
     mid = lr_at(500 + 750, lr=1.0, iterations=3500, warmup_iters=500, warmup_start_lr=0.0)
     assert mid == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))
+
+
+def test_run_control_fields_come_from_the_config_declarations():
+    """What a resume may change is declared on the fields (`recipe.run_control`): the shared
+    `RunConfig` ones for both commands, plus the student's loader / DDP timeout settings.
+    Precision and memory layout change what a step computes, so a resume must keep them."""
+    from md.student_train.run import StudentTrainConfig
+    from md.train.loop import RUN_CONTROL_FIELDS, loop_settings, training_identity
+    from md.train.recipe import RunConfig, run_control_fields
+    from md.train.teacher import TeacherTrainConfig
+
+    shared = {"device", "num_workers", "log_every", "checkpoint_every", "stop_after", "progress"}
+    assert RUN_CONTROL_FIELDS == run_control_fields(RunConfig) == shared
+    assert run_control_fields(TeacherTrainConfig) == shared
+    assert run_control_fields(StudentTrainConfig) == shared | {"prefetch_factor", "pin_memory",
+                                                               "dist_timeout_s"}
+    assert loop_settings(StudentTrainConfig(), 10).run_control == run_control_fields(
+        StudentTrainConfig)
+    config = {"lr": 0.1, "amp": "bf16", "channels_last": True, "stop_after": 3,
+              "prefetch_factor": 4}
+    assert training_identity(config, run_control_fields(StudentTrainConfig)) == {
+        "lr": 0.1, "amp": "bf16", "channels_last": True}
+
+
+def test_loop_settings_come_from_the_config_in_one_place():
+    from md.train.loop import loop_settings
+    from md.train.teacher import TeacherTrainConfig
+
+    cfg = TeacherTrainConfig(lr=0.5, momentum=0.8, weight_decay=0.2, warmup_iters=50,
+                             warmup_start_lr=0.01, seed=7, amp="bf16", channels_last=True,
+                             log_every=3, checkpoint_every=9, stop_after=4, progress=False)
+    s = loop_settings(cfg, 20, sync_batchnorm=False, find_unused_parameters=True)
+    assert (s.iterations, s.lr, s.momentum, s.weight_decay, s.warmup_start_lr, s.seed) == (
+        20, 0.5, 0.8, 0.2, 0.01, 7)
+    assert s.warmup_iters == 20  # never longer than the run
+    assert (s.amp, s.channels_last, s.log_every, s.checkpoint_every, s.stop_after) == (
+        "bf16", True, 3, 9, 4)
+    assert not s.progress and not s.sync_batchnorm and s.find_unused_parameters
+
+
+def test_both_commands_presets_are_the_size_presets():
+    from md.student_train.run import PRESETS as STUDENT
+    from md.train.recipe import SIZE_PRESETS
+    from md.train.teacher import PRESETS as TEACHER
+
+    assert TEACHER == SIZE_PRESETS
+    assert set(STUDENT) == set(SIZE_PRESETS)
+    for name, values in SIZE_PRESETS.items():
+        assert {k: STUDENT[name][k] for k in values} == values  # the student adds, never changes

@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from md.models.checkpoint import load_checkpoint
+from md.train.checkpoint import save_checkpoint
 from md.train.metrics_log import read_log
 from tests.conftest import run_cli
 
@@ -65,6 +66,38 @@ def test_resume_refuses_other_options(synth_det, tmp_path):
     err = run_cli("train-teacher", "--data", str(synth_det), "--out", str(tmp_path / "x.pt"),
                   *TINY, "--task", "detection", "--resume", expect=2)
     assert "nothing to resume" in err
+
+
+# TeacherTrainConfig's fields in the order they were saved before the shared RunConfig base
+# (which puts the run fields right after the recipe's): resume files of that time.
+_OLD_FIELD_ORDER = (
+    "iterations", "batch_size", "lr", "momentum", "weight_decay", "warmup_iters",
+    "warmup_start_lr", "seed", "task", "data", "split", "fusion", "width", "levels",
+    "pretrained", "assign", "head_channels", "class_weighting", "class_weights", "hflip",
+    "device", "amp", "channels_last", "num_workers", "log_every", "checkpoint_every",
+    "stop_after", "progress",
+)
+
+
+def test_a_resume_file_with_the_old_field_order_resumes(synth_det, tmp_path):
+    """The resume check compares the configs as mappings, so a resume file whose config keys
+    come in the order of the earlier dataclass still resumes (and a changed value still
+    refuses); the saved config has exactly the fields it had then."""
+    out = tmp_path / "t.pt"
+    args = ("--task", "detection", "iterations=4")
+    _train(synth_det, out, *args, "stop_after=2")
+    resume = tmp_path / "t.pt.resume"
+    ck = load_checkpoint(resume)
+    assert set(ck["config"]) == set(_OLD_FIELD_ORDER)
+    ck["config"] = {k: ck["config"][k] for k in _OLD_FIELD_ORDER}
+    payload = {k: v for k, v in ck.items() if k not in ("format", "md_version", "weights_sha256")}
+    save_checkpoint(resume, payload)
+    assert list(load_checkpoint(resume)["config"]) == list(_OLD_FIELD_ORDER)
+    err = run_cli("train-teacher", "--data", str(synth_det), "--out", str(out), *TINY,
+                  *args, "lr=0.02", "--resume", expect=2)
+    assert "different config (lr: 0.01 then, 0.02 now)" in err
+    assert "wrote" in _train(synth_det, out, *args, "--resume", "log_every=3")
+    assert load_checkpoint(out)["iteration"] == 4
 
 
 def test_segmentation_decision_teacher_and_evaluate(synth_seg, tmp_path):

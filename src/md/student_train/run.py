@@ -67,13 +67,13 @@ from md.student_train.loader import (
     cut_batch,
 )
 from md.student_train.losses import DistillationLoss
-from md.train import distributed, recipe
+from md.train import distributed, loop, recipe
 from md.train.loop import LoopSettings, LossFn, sidecar, train_loop
 from md.train.teacher import TASK_ITERATIONS, resolve_class_weights
 
 
 @dataclass(frozen=True)
-class StudentTrainConfig(recipe.RecipeConfig):
+class StudentTrainConfig(recipe.RunConfig):
     task: Literal["auto", "detection", "segmentation"] = "auto"  # auto: the store's / data's
     data: str = ""  # dataset root (KAIST or MFNet layout); optional if the store bundles inputs
     split: str = "train"  # reads DATA/<split>.txt
@@ -101,40 +101,23 @@ class StudentTrainConfig(recipe.RecipeConfig):
     crop: tuple[int, ...] = ()  # random crop [side] or [h, w], multiples of 32; () = off
     allow_partial: bool = False  # train on the written samples of an incomplete store
     window_shards: int = 4  # shards mixed by the shard-aware shuffle (read locality)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: Literal["none", "bf16", "fp16"] = "none"  # autocast dtype
-    channels_last: bool = False
-    num_workers: int = 0  # DataLoader worker processes (each opens the store itself)
-    prefetch_factor: int = 2  # batches each worker prepares ahead
-    pin_memory: bool = True  # page-locked batches for non_blocking copies (CUDA only)
-    log_every: int = 10  # iterations between metrics-log records
-    checkpoint_every: int = 100  # iterations between resume checkpoints
-    stop_after: int = 0  # stop after N iterations of this invocation (resume later); 0 = off
-    progress: bool = True
+    # (num_workers: each DataLoader worker opens the store itself)
+    prefetch_factor: int = recipe.run_control(2)  # batches each worker prepares ahead
+    pin_memory: bool = recipe.run_control(True)  # page-locked batches, non_blocking copies (CUDA)
     # Multi-process (torchrun) training; batch_size above is the global batch.
     shard_groups: int = 0  # G disjoint shard groups per batch (a multiple of W); 0 = W processes
     sync_batchnorm: bool = True  # BatchNorm statistics over the global batch, not per process
-    dist_timeout_s: int = 600  # a rank waiting longer than this on the others fails
+    dist_timeout_s: int = recipe.run_control(600)  # a rank waiting longer on the others fails
 
     LIMITS: ClassVar[dict[str, Limit]] = {
-        **recipe.RUN_LIMITS, "attention_weight": NON_NEGATIVE, "semantic_weight": NON_NEGATIVE,
+        **recipe.MODEL_LIMITS, "attention_weight": NON_NEGATIVE, "semantic_weight": NON_NEGATIVE,
         "crop": Limit(32), "window_shards": AT_LEAST_1, "prefetch_factor": AT_LEAST_1,
         "shard_groups": NON_NEGATIVE, "dist_timeout_s": AT_LEAST_1,
     }  # fmt: skip
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # Same widths / head channels as the teacher presets, so stores of those teachers match.
-    "cpu-tiny": {"width": 0.125, "head_channels": 32, "class_weighting": "enet",
-                 "batch_size": 4, "iterations": 20,
-                 "warmup_iters": 5, "log_every": 2, "checkpoint_every": 10},
-    "cpu-demo": {"width": 0.25, "head_channels": 64, "class_weighting": "enet",
-                 "batch_size": 8, "iterations": 400,
-                 "warmup_iters": 50, "log_every": 10, "checkpoint_every": 100},
-    "gpu-full": {"width": 1.0, "batch_size": 16, "iterations": 0, "warmup_iters": 500,
-                 "amp": "bf16", "channels_last": True, "num_workers": 8, "prefetch_factor": 4,
-                 "device": "cuda"},
-}
+# The teacher's sizes (`recipe.SIZE_PRESETS`), so a student fits its teacher's stores.
+PRESETS = recipe.presets({"gpu-full": {"prefetch_factor": 4}})
 
 
 def thermal_factor_of(cfg: StudentTrainConfig) -> int | None:
@@ -511,14 +494,8 @@ def make_loader(setup: Setup, start: int, stop: int, device: torch.device,
 
 
 def loop_settings(cfg: StudentTrainConfig, iterations: int) -> LoopSettings:
-    return LoopSettings(
-        iterations=iterations, lr=cfg.lr, momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay, warmup_iters=min(cfg.warmup_iters, iterations),
-        warmup_start_lr=cfg.warmup_start_lr, seed=cfg.seed, amp=cfg.amp,
-        channels_last=cfg.channels_last, log_every=cfg.log_every,
-        checkpoint_every=cfg.checkpoint_every, stop_after=cfg.stop_after,
-        progress=cfg.progress, sync_batchnorm=cfg.sync_batchnorm,
-        find_unused_parameters=_may_leave_parameters_unused(cfg))
+    return loop.loop_settings(cfg, iterations, sync_batchnorm=cfg.sync_batchnorm,
+                              find_unused_parameters=_may_leave_parameters_unused(cfg))
 
 
 def _may_leave_parameters_unused(cfg: StudentTrainConfig) -> bool:

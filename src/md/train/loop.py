@@ -33,13 +33,14 @@ LossFn = Callable[[nn.Module, dict[str, Any]], dict[str, torch.Tensor]]
 
 # Config fields that steer a run but do not change what it computes: a resume may differ in
 # these (e.g. stop_after, more workers, no progress bar) and still reach the same weights.
-RUN_CONTROL_FIELDS = frozenset({"stop_after", "progress", "num_workers", "log_every",
-                                "checkpoint_every", "device", "prefetch_factor", "pin_memory",
-                                "dist_timeout_s"})
+# These are `RunConfig`'s; a command's config may declare more (`recipe.run_control`).
+RUN_CONTROL_FIELDS = recipe.run_control_fields(recipe.RunConfig)
 
 
-def training_identity(config: dict[str, Any] | None) -> dict[str, Any]:
-    return {k: v for k, v in (config or {}).items() if k not in RUN_CONTROL_FIELDS}
+def training_identity(config: dict[str, Any] | None,
+                      run_control: frozenset[str] = RUN_CONTROL_FIELDS) -> dict[str, Any]:
+    """The saved config without its run-control fields: what a resume must match."""
+    return {k: v for k, v in (config or {}).items() if k not in run_control}
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,22 @@ class LoopSettings:
     # that a step leaves without gradient (needed when some outputs feed no loss).
     sync_batchnorm: bool = True
     find_unused_parameters: bool = False
+    run_control: frozenset[str] = RUN_CONTROL_FIELDS  # config fields a resume may change
+
+
+def loop_settings(cfg: recipe.RunConfig, iterations: int, *, sync_batchnorm: bool = True,
+                  find_unused_parameters: bool = False) -> LoopSettings:
+    """The loop's settings from a training command's config (`iterations`: resolved, e.g.
+    the task's default for iterations=0; warm-up never longer than the run)."""
+    return LoopSettings(
+        iterations=iterations, lr=cfg.lr, momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay, warmup_iters=min(cfg.warmup_iters, iterations),
+        warmup_start_lr=cfg.warmup_start_lr, seed=cfg.seed, amp=cfg.amp,
+        channels_last=cfg.channels_last, log_every=cfg.log_every,
+        checkpoint_every=cfg.checkpoint_every, stop_after=cfg.stop_after,
+        progress=cfg.progress, sync_batchnorm=sync_batchnorm,
+        find_unused_parameters=find_unused_parameters,
+        run_control=recipe.run_control_fields(type(cfg)))
 
 
 def sidecar(out: Path, suffix: str) -> Path:
@@ -131,7 +148,7 @@ def train_loop(
         model = distributed.convert_batchnorm(model, device)
     opt = recipe.make_optimizer(model, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=(s.amp == "fp16"))
-    start = _restore(model, opt, out, meta, device) if resume else 0  # every rank, one file
+    start = _restore(model, opt, out, meta, device, s) if resume else 0  # every rank, one file
     net = (distributed.wrap(model, dist, device, find_unused_parameters=s.find_unused_parameters,
                             sync_batchnorm=s.sync_batchnorm) if dist.active else model)
     log = (MetricsLog(sidecar(out, "metrics.jsonl"), resume_from=start if resume else None)
@@ -211,13 +228,14 @@ def _step(model: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradSc
 
 
 def _restore(model: nn.Module, opt: torch.optim.Optimizer, out: Path, meta: dict[str, Any],
-             device: torch.device) -> int:
+             device: torch.device, s: LoopSettings) -> int:
     path = resume_path(out)
     if not path.exists():
         raise MdError(f"{path}: nothing to resume (no resume file beside {out.name}); "
                       "run without --resume")
     ckpt = load_checkpoint(path, task=meta.get("task"), model_kind=meta.get("model_kind"))
-    then, now = training_identity(ckpt.get("config")), training_identity(meta.get("config"))
+    then = training_identity(ckpt.get("config"), s.run_control)
+    now = training_identity(meta.get("config"), s.run_control)
     if then != now:
         keys = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
         diff = ", ".join(f"{k}: {then.get(k)!r} then, {now.get(k)!r} now" for k in keys[:4])

@@ -1,15 +1,20 @@
 """The MD training recipe (§4.2): SGD, linear warm-up from 1e-6 over 500 iterations, cosine.
 
+`RecipeConfig` holds the recipe's fields and `RunConfig` adds what every training command
+sets about its run (device, precision, loader workers, logging and checkpoint cadence); both
+training commands' configs inherit `RunConfig`, and `SIZE_PRESETS` sizes both alike.
+
 Determinism: every source of randomness in a step is seeded from (seed, iteration), so a run
 resumed at iteration k takes exactly the steps an uninterrupted run would have taken.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -40,12 +45,73 @@ class RecipeConfig:
     }  # fmt: skip
 
 
-# Fields every training command shares beyond the recipe (device, loader, logging cadence).
-RUN_LIMITS: dict[str, Limit] = {
-    "width": NON_NEGATIVE, "head_channels": AT_LEAST_1, "num_workers": NON_NEGATIVE,
-    "log_every": AT_LEAST_1, "checkpoint_every": AT_LEAST_1, "stop_after": NON_NEGATIVE,
-    "class_weights": POSITIVE,
+T = TypeVar("T")
+
+_RUN_CONTROL = "run_control"  # field metadata key, see `run_control`
+
+
+def run_control(default: T) -> T:
+    """A config field that steers a run but does not change what it computes (device, workers,
+    logging cadence, stopping early): a resume may change it and still reach the same weights
+    (`run_control_fields`, `md.train.loop.training_identity`)."""
+    return dataclasses.field(default=default, metadata={_RUN_CONTROL: True})
+
+
+def run_control_fields(cls: type) -> frozenset[str]:
+    """The names of `cls`'s fields declared with `run_control`."""
+    return frozenset(f.name for f in dataclasses.fields(cls) if f.metadata.get(_RUN_CONTROL))
+
+
+@dataclass(frozen=True)
+class RunConfig(RecipeConfig):
+    """The recipe plus the run settings every training command shares; `md.train.loop`
+    builds its `LoopSettings` from these (`loop_settings`)."""
+
+    device: str = run_control("auto")  # auto | cpu | cuda | cuda:N
+    amp: Literal["none", "bf16", "fp16"] = "none"  # autocast dtype on CUDA
+    channels_last: bool = False
+    num_workers: int = run_control(0)  # DataLoader worker processes
+    log_every: int = run_control(10)  # iterations between metrics-log records
+    checkpoint_every: int = run_control(100)  # iterations between resume checkpoints
+    stop_after: int = run_control(0)  # stop after N iterations of this run (resume later); 0 = off
+    progress: bool = run_control(True)
+
+    LIMITS: ClassVar[dict[str, Limit]] = {
+        "num_workers": NON_NEGATIVE, "log_every": AT_LEAST_1, "checkpoint_every": AT_LEAST_1,
+        "stop_after": NON_NEGATIVE,
+    }  # fmt: skip
+
+
+# Model-size fields both training commands have (the student's head and width match the
+# teacher's).
+MODEL_LIMITS: dict[str, Limit] = {
+    "width": NON_NEGATIVE, "head_channels": AT_LEAST_1, "class_weights": POSITIVE,
 }  # fmt: skip
+
+# Run sizes, the same for `md train-teacher` and `md train-student` (each command adds its own
+# extras): same widths and head channels, so a student fits the stores of its teacher.
+SIZE_PRESETS: dict[str, dict[str, Any]] = {
+    # Seconds on 2 CPU cores: tests and smoke runs.
+    "cpu-tiny": {"width": 0.125, "head_channels": 32, "class_weighting": "enet",
+                 "batch_size": 4, "iterations": 20, "warmup_iters": 5,
+                 "log_every": 2, "checkpoint_every": 10},
+    # The demo's size: a few minutes on 2 CPU cores at the synthetic default resolution.
+    "cpu-demo": {"width": 0.25, "head_channels": 64, "class_weighting": "enet",
+                 "batch_size": 8, "iterations": 400, "warmup_iters": 50,
+                 "log_every": 10, "checkpoint_every": 100},
+    # The paper's recipe on a GPU.
+    "gpu-full": {"width": 1.0, "batch_size": 16, "iterations": 0, "warmup_iters": 500,
+                 "amp": "bf16", "channels_last": True, "num_workers": 8, "device": "cuda"},
+}  # fmt: skip
+
+
+def presets(extras: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """`SIZE_PRESETS` with a command's own extras per preset name (new dicts)."""
+    extras = extras or {}
+    unknown = sorted(set(extras) - set(SIZE_PRESETS))
+    if unknown:
+        raise ValueError(f"extras for presets {unknown} that SIZE_PRESETS lacks")
+    return {name: {**values, **extras.get(name, {})} for name, values in SIZE_PRESETS.items()}
 
 
 def lr_at(iteration: int, *, lr: float, iterations: int, warmup_iters: int,

@@ -22,14 +22,14 @@ from md.data.transforms import hflip_sample
 from md.errors import MdError
 from md.models import build_model, model_args
 from md.train import recipe
-from md.train.loop import LoopSettings, sidecar, train_loop
+from md.train.loop import loop_settings, sidecar, train_loop
 from md.train.sampling import IterationBatchSampler, SeededAugment
 
 TASK_ITERATIONS = {"detection": 3500, "segmentation": 14000}  # MD §4.2
 
 
 @dataclass(frozen=True)
-class TeacherTrainConfig(recipe.RecipeConfig):
+class TeacherTrainConfig(recipe.RunConfig):
     task: Literal["detection", "segmentation"] = "detection"
     data: str = ""  # dataset root (KAIST or MFNet layout)
     split: str = "train"  # reads DATA/<split>.txt
@@ -42,31 +42,11 @@ class TeacherTrainConfig(recipe.RecipeConfig):
     class_weighting: Literal["none", "enet"] = "none"  # segmentation CE weights (data/class_weights)
     class_weights: tuple[float, ...] = ()  # explicit per-class weights; filled in by "enet"
     hflip: bool = True  # random horizontal flips (p = 0.5)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: Literal["none", "bf16", "fp16"] = "none"  # autocast dtype on CUDA
-    channels_last: bool = False
-    num_workers: int = 0  # DataLoader worker processes
-    log_every: int = 10  # iterations between metrics-log records
-    checkpoint_every: int = 100  # iterations between resume checkpoints
-    stop_after: int = 0  # stop after N iterations of this invocation (resume later); 0 = off
-    progress: bool = True
 
-    LIMITS: ClassVar[dict[str, Limit]] = {**recipe.RUN_LIMITS, "width": POSITIVE}
+    LIMITS: ClassVar[dict[str, Limit]] = {**recipe.MODEL_LIMITS, "width": POSITIVE}
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # Seconds on 2 CPU cores: tests and smoke runs.
-    "cpu-tiny": {"width": 0.125, "head_channels": 32, "class_weighting": "enet",
-                 "batch_size": 4, "iterations": 20, "warmup_iters": 5,
-                 "log_every": 2, "checkpoint_every": 10},
-    # The demo's size: a few minutes on 2 CPU cores at the synthetic default resolution.
-    "cpu-demo": {"width": 0.25, "head_channels": 64, "class_weighting": "enet",
-                 "batch_size": 8, "iterations": 400, "warmup_iters": 50,
-                 "log_every": 10, "checkpoint_every": 100},
-    # The paper's recipe on a GPU.
-    "gpu-full": {"width": 1.0, "batch_size": 16, "iterations": 0, "warmup_iters": 500,
-                 "amp": "bf16", "channels_last": True, "num_workers": 8, "device": "cuda"},
-}
+PRESETS = recipe.presets()  # cpu-tiny, cpu-demo, gpu-full (`recipe.SIZE_PRESETS`)
 
 
 def resolve_class_weights(cfg: Any, ds: Any) -> Any:
@@ -119,13 +99,7 @@ def run(cfg: TeacherTrainConfig, *, out: str | Path, resume: bool = False) -> di
     def loss_fn(m: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         return m.loss(m(batch["visible"], batch["thermal"]), batch)
 
-    settings = LoopSettings(
-        iterations=iterations, lr=cfg.lr, momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay, warmup_iters=min(cfg.warmup_iters, iterations),
-        warmup_start_lr=cfg.warmup_start_lr, seed=cfg.seed, amp=cfg.amp,
-        channels_last=cfg.channels_last, log_every=cfg.log_every,
-        checkpoint_every=cfg.checkpoint_every, stop_after=cfg.stop_after,
-        progress=cfg.progress)
+    settings = loop_settings(cfg, iterations)
     summary = train_loop(model, loss_fn, batches, settings, out=out, meta=meta, device=device,
                          resume=resume, desc=f"teacher[{kind}/{cfg.task}]")
     return {**summary, "out": str(out), "device": str(device)}
