@@ -21,7 +21,7 @@ import torch
 
 from md.config import resolve_config
 from md.student_train.bench import bench_loader
-from md.student_train.run import PRESETS, StudentTrainConfig
+from md.student_train.config import PRESETS, StudentTrainConfig
 
 
 def _table(r: dict[str, Any]) -> str:

@@ -67,11 +67,11 @@ def test_saved_config_loads_back(tmp_path):
 def test_every_preset_of_every_command_is_in_range():
     """The limits refuse bad values, never a shipped preset or default."""
     from md.config import check_limits
-    from md.student_train.run import PRESETS as STUDENT
-    from md.student_train.run import StudentTrainConfig
+    from md.student_train import PRESETS as STUDENT
+    from md.student_train import StudentTrainConfig
     from md.teacher_cache.run import CacheConfig
-    from md.train.teacher import PRESETS as TEACHER
-    from md.train.teacher import TeacherTrainConfig
+    from md.teacher_train import PRESETS as TEACHER
+    from md.teacher_train import TeacherTrainConfig
 
     check_limits(CacheConfig())
     for cls, presets in ((TeacherTrainConfig, TEACHER), (StudentTrainConfig, STUDENT)):
@@ -90,7 +90,7 @@ def test_every_preset_of_every_command_is_in_range():
     ("semantic_weight=-0.5", "'semantic_weight': -0.5 must be >= 0"),
 ])
 def test_student_limits_are_checked_when_the_config_loads(override, msg):
-    from md.student_train.run import StudentTrainConfig
+    from md.student_train import StudentTrainConfig
 
     with pytest.raises(ConfigError, match=msg.replace("(", r"\(").replace(".", r"\.")):
         resolve_config(StudentTrainConfig, overrides=[override])

@@ -111,7 +111,7 @@ def make_data(cfg: DemoConfig, size: Size, root: Path) -> str:
 
 def train_teacher(cfg: DemoConfig, size: Size, data: str, out: Path) -> str:
     """`md train-teacher` (GAFF) at the size's preset (skipped when teacher.pt exists)."""
-    from md.train import teacher as tt
+    import md.teacher_train as tt
 
     path = out / "teacher.pt"
     if not path.exists():

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from md.data import open_dataset
 from md.models import load_model
 from md.stores import open_store
+from md.student_train.config import StudentTrainConfig
 from md.student_train.loader import (
     DistillDataset,
     ShardAwareSampler,
@@ -21,13 +22,9 @@ from md.student_train.loader import (
     unpack_labels,
 )
 from md.student_train.losses import DistillationLoss
-from md.student_train.run import (
-    StudentTrainConfig,
-    live_targets,
-    make_loader,
-    prepare,
-    stored_targets,
-)
+from md.student_train.model import live_targets, stored_targets
+from md.student_train.resolve import prepare
+from md.student_train.run import make_loader
 from tests.fp import fp16_target_tolerance, mask_target_tolerance
 
 TINY = {"width": 0.125, "head_channels": 32, "batch_size": 2, "progress": False}

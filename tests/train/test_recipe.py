@@ -71,10 +71,10 @@ def test_run_control_fields_come_from_the_config_declarations():
     """What a resume may change is declared on the fields (`recipe.run_control`): the shared
     `RunConfig` ones for both commands, plus the student's loader / DDP timeout settings.
     Precision and memory layout change what a step computes, so a resume must keep them."""
-    from md.student_train.run import StudentTrainConfig
+    from md.student_train import StudentTrainConfig
+    from md.teacher_train import TeacherTrainConfig
     from md.train.loop import RUN_CONTROL_FIELDS, loop_settings, training_identity
     from md.train.recipe import RunConfig, run_control_fields
-    from md.train.teacher import TeacherTrainConfig
 
     shared = {"device", "num_workers", "log_every", "checkpoint_every", "stop_after", "progress"}
     assert RUN_CONTROL_FIELDS == run_control_fields(RunConfig) == shared
@@ -90,8 +90,8 @@ def test_run_control_fields_come_from_the_config_declarations():
 
 
 def test_loop_settings_come_from_the_config_in_one_place():
+    from md.teacher_train import TeacherTrainConfig
     from md.train.loop import loop_settings
-    from md.train.teacher import TeacherTrainConfig
 
     cfg = TeacherTrainConfig(lr=0.5, momentum=0.8, weight_decay=0.2, warmup_iters=50,
                              warmup_start_lr=0.01, seed=7, amp="bf16", channels_last=True,
@@ -106,9 +106,9 @@ def test_loop_settings_come_from_the_config_in_one_place():
 
 
 def test_both_commands_presets_are_the_size_presets():
-    from md.student_train.run import PRESETS as STUDENT
+    from md.student_train import PRESETS as STUDENT
+    from md.teacher_train import PRESETS as TEACHER
     from md.train.recipe import SIZE_PRESETS
-    from md.train.teacher import PRESETS as TEACHER
 
     assert TEACHER == SIZE_PRESETS
     assert set(STUDENT) == set(SIZE_PRESETS)

@@ -9,7 +9,7 @@ from typing import Any
 
 from md.config import resolve_config
 from md.student_train.bench import bench_loader
-from md.student_train.run import PRESETS, StudentTrainConfig
+from md.student_train.config import PRESETS, StudentTrainConfig
 
 
 def bench_loader_vs_step(*, store: str, data: str | None = None, preset: str | None = None,

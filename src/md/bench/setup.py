@@ -63,7 +63,7 @@ def ensure_setup(workdir: str | Path, *, data: str | None = None, teacher: str |
 
 def train_tiny_teacher(data: str, out: str, task: Task, iterations: int = 10) -> None:
     """A cpu-tiny teacher for `iterations` steps (quiet)."""
-    from md.train import teacher as tt
+    import md.teacher_train as tt
 
     cfg = resolve_config(tt.TeacherTrainConfig, presets=tt.PRESETS, preset="cpu-tiny",
                          overrides=[f"iterations={iterations}", "progress=false"],

@@ -30,12 +30,9 @@ import torch
 
 from md.config import resolve_config
 from md.student_train.bench import training_step
-from md.student_train.run import (
-    PRESETS,
-    StudentTrainConfig,
-    make_loader,
-    prepare,
-)
+from md.student_train.config import PRESETS, StudentTrainConfig
+from md.student_train.resolve import prepare
+from md.student_train.run import make_loader
 from md.train import recipe
 from md.train.loop import to_device
 

@@ -46,22 +46,21 @@ def train_student(store_url: str | None, data_dir: str | None, out: str, task: s
     Several processes: torchrun --nproc-per-node N -m md.cli train-student ... (gloo on CPU,
     NCCL on GPUs, one GPU per process). batch_size is the global batch (each process takes
     batch_size / N); each process reads its own shards of the store; rank 0 writes OUT."""
-    from md.student_train import run as student
+    from md import student_train as student
 
     cfg = resolve_config(student.StudentTrainConfig, presets=student.PRESETS, preset=preset,
                          config_file=config_file, overrides=overrides, task=task,
                          data=data_dir, store=store_url, thermal_factor=_thermal(thermal_factor),
                          distill=False if no_distill else None, online_teacher=online_teacher,
                          allow_partial=allow_partial or None)
-    summary = student.run(cfg, out=out, resume=resume)
-    if summary["rank"] != 0:  # under torchrun rank 0 speaks for the job
+    done = student.run(cfg, out=out, resume=resume)
+    if done.rank != 0:  # under torchrun rank 0 speaks for the job
         return
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
-    elif summary["completed"]:
-        feed = summary["loader"]
-        click.echo(f"wrote {summary['out']} ({summary['iteration']} iterations, "
-                   f"{summary['seconds']:.1f} s on {summary['device']}, {summary['mode']}; "
-                   f"loader wait {100 * feed['wait_fraction']:.0f}% of the loop)")
+        click.echo(json.dumps(done.summary(), indent=2))
+    elif done.loop.completed:
+        click.echo(f"wrote {done.out} ({done.loop.iteration} iterations, "
+                   f"{done.loop.seconds:.1f} s on {done.device}, {done.mode}; "
+                   f"loader wait {100 * done.loader['wait_fraction']:.0f}% of the loop)")
     else:
-        click.echo(f"stopped at iteration {summary['iteration']}; continue with --resume")
+        click.echo(f"stopped at iteration {done.loop.iteration}; continue with --resume")

@@ -25,18 +25,18 @@ def train_teacher(task: str | None, data_dir: str | None, out: str, fusion: str 
                   preset: str | None, config_file: str | None, resume: bool, as_json: bool,
                   overrides: tuple[str, ...]) -> None:
     """Train a teacher. OVERRIDES are key=value config fields, e.g. iterations=30 seed=1."""
-    from md.train import teacher
+    from md import teacher_train as teacher
 
     cfg = resolve_config(teacher.TeacherTrainConfig, presets=teacher.PRESETS, preset=preset,
                          config_file=config_file, overrides=overrides, task=task,
                          data=data_dir, fusion=fusion)
     if not cfg.data:
         raise click.UsageError("--data is required (or data: in the config file)")
-    summary = teacher.run(cfg, out=out, resume=resume)
+    done = teacher.run(cfg, out=out, resume=resume)
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
-    elif summary["completed"]:
-        click.echo(f"wrote {summary['out']} ({summary['iteration']} iterations, "
-                   f"{summary['seconds']:.1f} s on {summary['device']})")
+        click.echo(json.dumps(done.summary(), indent=2))
+    elif done.loop.completed:
+        click.echo(f"wrote {done.out} ({done.loop.iteration} iterations, "
+                   f"{done.loop.seconds:.1f} s on {done.device})")
     else:
-        click.echo(f"stopped at iteration {summary['iteration']}; continue with --resume")
+        click.echo(f"stopped at iteration {done.loop.iteration}; continue with --resume")

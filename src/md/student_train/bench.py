@@ -21,7 +21,9 @@ from typing import Any
 
 import torch
 
-from md.student_train.run import Setup, StudentTrainConfig, loop_settings, make_loader, prepare
+from md.student_train.config import StudentTrainConfig
+from md.student_train.resolve import Setup, prepare
+from md.student_train.run import loop_settings, make_loader
 from md.train import recipe
 from md.train.loop import to_device
 

@@ -81,6 +81,16 @@ def loop_settings(cfg: recipe.RunConfig, iterations: int, *, sync_batchnorm: boo
         run_control=recipe.run_control_fields(type(cfg)))
 
 
+@dataclass(frozen=True)
+class LoopResult:
+    """What `train_loop` did in this invocation."""
+
+    completed: bool  # False: stopped by stop_after; rerun with --resume to continue
+    iteration: int  # iterations done so far (the run's total when completed)
+    seconds: float  # wall time of this invocation's loop
+    last: dict[str, float]  # the last step's loss parts (averaged over ranks)
+
+
 def sidecar(out: Path, suffix: str) -> Path:
     """`teacher.pt` -> `teacher.<suffix>` (metrics.jsonl, loss.png, config.yaml)."""
     return out.with_name(out.stem + "." + suffix)
@@ -129,15 +139,13 @@ def train_loop(
     resume: bool = False,
     desc: str = "train",
     dist: distributed.DistEnv = distributed.SINGLE,
-) -> dict[str, Any]:
-    """Train `model` and write `out` (+ metrics log, loss curve); returns a summary dict.
+) -> LoopResult:
+    """Train `model` and write `out` (+ metrics log, loss curve); returns a `LoopResult`.
 
     `batches(start)` yields the batches (this rank's part, under DDP) for iterations start,
     start+1, ...; `meta` goes into every checkpoint (task, model kind, model args, config,
     dataset fingerprint, ...). `loss_fn` gets the model to run forward (a DDP wrapper under
     DDP: `distributed.unwrap` reaches its methods).
-    Returns `{"completed": bool, "iteration": int, "seconds": float, "last": {loss parts}}`
-    (`last`: averaged over ranks).
     """
     s = settings
     main = dist.is_main
@@ -161,6 +169,7 @@ def train_loop(
                                                "optimizer": opt.state_dict()}, then=_RESUME)
 
     t0, done = time.perf_counter(), start  # done: iterations whose step has completed
+    stopped = False  # by stop_after: the resume file holds the run
     last: dict[str, float] = {}
     bar = progress_bar(total=s.iterations, initial=start, desc=desc, disable=not (s.progress and main),
                dynamic_ncols=True, unit="it")
@@ -170,10 +179,8 @@ def train_loop(
         for it in range(start, s.iterations):
             if s.stop_after and it - start >= s.stop_after:
                 save_resume(it)
-                bar.close()
-                distributed.barrier(dist)
-                return {"completed": False, "iteration": it,
-                        "seconds": time.perf_counter() - t0, "last": last}
+                stopped = True
+                break
             if it > start and it % s.checkpoint_every == 0:
                 save_resume(it)
             last = _step(net, opt, scaler, loss_fn, next(stream), it, s, device, dist)
@@ -188,15 +195,16 @@ def train_loop(
         raise
     finally:
         bar.close()
-    model.eval()
-    if main:
-        save_checkpoint(out, {**meta, "iteration": s.iterations, "weights": model.state_dict()},
-                        then=_RESUME)
-        resume_path(out).unlink(missing_ok=True)
-        plot_loss_curves(sidecar(out, "metrics.jsonl"), sidecar(out, "loss.png"), title=desc)
+    if not stopped:
+        model.eval()
+        if main:
+            save_checkpoint(out, {**meta, "iteration": s.iterations,
+                                  "weights": model.state_dict()}, then=_RESUME)
+            resume_path(out).unlink(missing_ok=True)
+            plot_loss_curves(sidecar(out, "metrics.jsonl"), sidecar(out, "loss.png"), title=desc)
     distributed.barrier(dist)
-    return {"completed": True, "iteration": s.iterations,
-            "seconds": time.perf_counter() - t0, "last": last}
+    return LoopResult(completed=not stopped, iteration=done if stopped else s.iterations,
+                      seconds=time.perf_counter() - t0, last=last)
 
 
 def _step(model: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,

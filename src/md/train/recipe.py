@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from md.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Limit
+from md.data.class_weights import dataset_class_weights
 from md.errors import ConfigError
 
 
@@ -105,6 +106,9 @@ SIZE_PRESETS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
+TASK_ITERATIONS = {"detection": 3500, "segmentation": 14000}  # MD §4.2, for iterations=0
+
+
 def presets(extras: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     """`SIZE_PRESETS` with a command's own extras per preset name (new dicts)."""
     extras = extras or {}
@@ -112,6 +116,13 @@ def presets(extras: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[s
     if unknown:
         raise ValueError(f"extras for presets {unknown} that SIZE_PRESETS lacks")
     return {name: {**values, **extras.get(name, {})} for name, values in SIZE_PRESETS.items()}
+
+
+def resolve_class_weights(cfg: Any, ds: Any) -> Any:
+    """Fill `cfg.class_weights` from the training labels when `class_weighting` asks for it."""
+    if cfg.task != "segmentation" or cfg.class_weighting == "none" or cfg.class_weights:
+        return cfg
+    return dataclasses.replace(cfg, class_weights=dataset_class_weights(ds))
 
 
 def lr_at(iteration: int, *, lr: float, iterations: int, warmup_iters: int,

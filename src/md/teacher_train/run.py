@@ -7,7 +7,8 @@ Defaults follow MD §4.2 (batch 16, SGD lr 1e-2, 500 warm-up iterations from 1e-
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -16,16 +17,13 @@ from torch.utils.data import DataLoader
 
 from md.config import POSITIVE, Limit, check_limits, config_to_dict, save_config
 from md.data import dataset_fingerprint, open_dataset
-from md.data.class_weights import dataset_class_weights
 from md.data.collate import collate
 from md.data.transforms import hflip_sample
 from md.errors import MdError
 from md.models import build_model, model_args
 from md.train import recipe
-from md.train.loop import loop_settings, sidecar, train_loop
+from md.train.loop import LoopResult, loop_settings, sidecar, train_loop
 from md.train.sampling import IterationBatchSampler, SeededAugment
-
-TASK_ITERATIONS = {"detection": 3500, "segmentation": 14000}  # MD §4.2
 
 
 @dataclass(frozen=True)
@@ -49,13 +47,6 @@ class TeacherTrainConfig(recipe.RunConfig):
 PRESETS = recipe.presets()  # cpu-tiny, cpu-demo, gpu-full (`recipe.SIZE_PRESETS`)
 
 
-def resolve_class_weights(cfg: Any, ds: Any) -> Any:
-    """Fill `cfg.class_weights` from the training labels when `class_weighting` asks for it."""
-    if cfg.task != "segmentation" or cfg.class_weighting == "none" or cfg.class_weights:
-        return cfg
-    return replace(cfg, class_weights=dataset_class_weights(ds))
-
-
 def _augment(cfg: TeacherTrainConfig) -> Any:
     if not cfg.hflip:
         return None
@@ -66,7 +57,20 @@ def _augment(cfg: TeacherTrainConfig) -> Any:
     return aug
 
 
-def run(cfg: TeacherTrainConfig, *, out: str | Path, resume: bool = False) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TeacherRun:
+    """What `run` did: the loop's result, the checkpoint it wrote, the device it used."""
+
+    loop: LoopResult
+    out: str
+    device: str
+
+    def summary(self) -> dict[str, Any]:
+        """The ``--json`` record: the loop's fields, then ``out`` and ``device``."""
+        return {**dataclasses.asdict(self.loop), "out": self.out, "device": self.device}
+
+
+def run(cfg: TeacherTrainConfig, *, out: str | Path, resume: bool = False) -> TeacherRun:
     """Train a teacher; writes OUT, OUT-stem.{metrics.jsonl,loss.png,config.yaml}."""
     check_limits(cfg)
     device = recipe.resolve_device(cfg.device)  # before any output: a missing CUDA is one line
@@ -76,8 +80,8 @@ def run(cfg: TeacherTrainConfig, *, out: str | Path, resume: bool = False) -> di
     if ds.task != cfg.task:
         raise MdError(f"{cfg.data}: a {ds.layout} dataset is for {ds.task}, not {cfg.task}; "
                       f"pass --task {ds.task}")
-    cfg = resolve_class_weights(cfg, ds)
-    iterations = cfg.iterations or TASK_ITERATIONS[cfg.task]
+    cfg = recipe.resolve_class_weights(cfg, ds)
+    iterations = cfg.iterations or recipe.TASK_ITERATIONS[cfg.task]
     kind = "teacher" if cfg.fusion == "gaff" else "decision"
     margs = model_args(kind, cfg.task, width=cfg.width, head_channels=cfg.head_channels,
                        levels=cfg.levels, assign=cfg.assign, class_weights=cfg.class_weights)
@@ -100,6 +104,6 @@ def run(cfg: TeacherTrainConfig, *, out: str | Path, resume: bool = False) -> di
         return m.loss(m(batch["visible"], batch["thermal"]), batch)
 
     settings = loop_settings(cfg, iterations)
-    summary = train_loop(model, loss_fn, batches, settings, out=out, meta=meta, device=device,
-                         resume=resume, desc=f"teacher[{kind}/{cfg.task}]")
-    return {**summary, "out": str(out), "device": str(device)}
+    result = train_loop(model, loss_fn, batches, settings, out=out, meta=meta, device=device,
+                        resume=resume, desc=f"teacher[{kind}/{cfg.task}]")
+    return TeacherRun(result, str(out), str(device))
