@@ -59,7 +59,18 @@ class Shard:
     groups: list[str]
 
 
-_STOP = object()  # queue sentinel: no more shards
+class _Stop:
+    """The queue sentinel of both writers: no more shards. It pickles by reference to the
+    module's one instance, so the process writer's child sees ``item is _STOP`` too."""
+
+    def __reduce__(self) -> str:
+        return "_STOP"
+
+    def __repr__(self) -> str:
+        return "_STOP"
+
+
+_STOP = _Stop()
 
 
 class _WriterProtocol(abc.ABC):
@@ -223,7 +234,7 @@ class ProcessShardWriter(_WriterProtocol):
     def close(self) -> None:
         """Wait until every submitted shard is written; re-raise the writer's error."""
         if self._proc.is_alive() and self._error is None:
-            self._put(None)
+            self._put(_STOP)
         self._proc.join()
         self._reader.join()
         self._queue.cancel_join_thread()  # shards never taken by a dead child: left unwritten
@@ -263,7 +274,7 @@ class ProcessShardWriter(_WriterProtocol):
 
 
 def _write_in_child(store: TargetStore, jobs: Any, results: Any, parent: int) -> None:
-    """The child's loop: write each shard, report ("written", k, bytes), stop at None.
+    """The child's loop: write each shard, report ("written", k, bytes), stop at `_STOP`.
 
     The child dies with its parent: the kernel SIGKILLs it when the parent goes
     (`_die_with_parent`), and before each shard it checks that its parent is still the one
@@ -278,7 +289,7 @@ def _write_in_child(store: TargetStore, jobs: Any, results: Any, parent: int) ->
             item = jobs.get(timeout=_PARENT_POLL_S)
         except queue.Empty:
             continue
-        if item is None:
+        if item is _STOP:
             break
         if os.getppid() != parent:
             os._exit(0)
