@@ -27,8 +27,11 @@ from md.models.fold import fold_image_level
 
 
 def build(task: str, width: float, head_channels: int) -> dict[str, torch.nn.Module]:
-    kw = {"width": width, "num_classes": num_classes(task),
-          "head_kwargs": head_kwargs(task, head_channels)}
+    kw = {
+        "width": width,
+        "num_classes": num_classes(task),
+        "head_kwargs": head_kwargs(task, head_channels),
+    }
     image_level = build_model("student", task, in_channels=6, levels=[], **kw)
     return {
         "visible-only": build_model("student", task, in_channels=3, levels=[], **kw),
@@ -52,10 +55,15 @@ def main(argv: list[str]) -> int:
         models = {k: m for k, m in models.items() if k in argv[6].split(",")}
     v, t = torch.rand(1, 3, h, w), torch.rand(1, 1, h, w)
     six = torch.cat([v, t, t, t], 1)
-    inputs = {"visible-only": (v,), "image-level": (six,), "md-student": (six,),
-              "image-level (folded stem)": (torch.cat([v, t], 1),),
-              "feature-level (GAFF)": (v, t), "decision-level": (v, t),
-              "visible-only (2nd copy)": (v.clone(),)}
+    inputs = {
+        "visible-only": (v,),
+        "image-level": (six,),
+        "md-student": (six,),
+        "image-level (folded stem)": (torch.cat([v, t], 1),),
+        "feature-level (GAFF)": (v, t),
+        "decision-level": (v, t),
+        "visible-only (2nd copy)": (v.clone(),),
+    }
     times: dict[str, list[float]] = {k: [] for k in models}
     with torch.inference_mode():
         for name, model in models.items():
@@ -71,9 +79,20 @@ def main(argv: list[str]) -> int:
                 t0 = time.perf_counter()
                 model(*inputs[name])
                 times[name].append((time.perf_counter() - t0) * 1e3)
-    print(json.dumps({"task": task, "width": width, "size": [w, h], "device": "cpu",
-                      "threads": 1, "dtype": "float32", "rounds": rounds,
-                      "median_ms": {k: round(statistics.median(x), 2) for k, x in times.items()}}))
+    print(
+        json.dumps(
+            {
+                "task": task,
+                "width": width,
+                "size": [w, h],
+                "device": "cpu",
+                "threads": 1,
+                "dtype": "float32",
+                "rounds": rounds,
+                "median_ms": {k: round(statistics.median(x), 2) for k, x in times.items()},
+            }
+        )
+    )
     return 0
 
 

@@ -1,6 +1,6 @@
 """`md bench latency` as a script: same options, same JSON (md.bench.latency).
 
-    python bench/latency.py --help
+python bench/latency.py --help
 """
 
 from __future__ import annotations

@@ -39,14 +39,17 @@ def main(argv: list[str] | None = None) -> int:
         records = tables.load_results(args.out / "results.jsonl")
         for task in ("detection", "segmentation"):
             if any(r.get("task") == task for r in records):
-                print(f"\n### {task}: native vs MD students\n\n{tables.thermal_table(records, task)}")
+                print(
+                    f"\n### {task}: native vs MD students\n\n{tables.thermal_table(records, task)}"
+                )
                 print(f"\n### {task}: ablations at 16x\n\n{tables.ablation_table(records, task)}")
         return 0
     data, store = _pairs(args.data), _pairs(args.store)
     seeds = [int(s) for s in args.seeds.split(",")]
     factors = args.factors.split(",")
-    camp = tables.Campaign(data=data, store=store, out_dir=args.out, preset=args.preset,
-                           workers=args.workers)
+    camp = tables.Campaign(
+        data=data, store=store, out_dir=args.out, preset=args.preset, workers=args.workers
+    )
     runs = []
     for seed in seeds:  # seed-major: a partial campaign still covers every cell once
         runs += tables.md_grid(list(data), factors, [seed])

@@ -1,6 +1,6 @@
 """`md bench train-step` as a script: same options, same JSON (md.bench.train_step).
 
-    python bench/train_step.py --help
+python bench/train_step.py --help
 """
 
 from __future__ import annotations

@@ -44,8 +44,22 @@ def run_cli(*args: str, expect: int = 0) -> str:
 def synth_det(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny KAIST-layout synthetic detection set (8 train, 4 test, 96x80)."""
     out = tmp_path_factory.mktemp("synth") / "det"
-    run_cli("data", "synth", "--task", "detection", "--out", str(out), "--n-train", "8",
-            "--n-test", "4", "--size", "96x80", "--seed", "0")
+    run_cli(
+        "data",
+        "synth",
+        "--task",
+        "detection",
+        "--out",
+        str(out),
+        "--n-train",
+        "8",
+        "--n-test",
+        "4",
+        "--size",
+        "96x80",
+        "--seed",
+        "0",
+    )
     return out
 
 
@@ -53,6 +67,20 @@ def synth_det(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def synth_seg(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny MFNet-layout synthetic segmentation set (8 train, 4 test, 96x64)."""
     out = tmp_path_factory.mktemp("synth") / "seg"
-    run_cli("data", "synth", "--task", "segmentation", "--out", str(out), "--n-train", "8",
-            "--n-test", "4", "--size", "96x64", "--seed", "0")
+    run_cli(
+        "data",
+        "synth",
+        "--task",
+        "segmentation",
+        "--out",
+        str(out),
+        "--n-train",
+        "8",
+        "--n-test",
+        "4",
+        "--size",
+        "96x64",
+        "--seed",
+        "0",
+    )
     return out

@@ -23,8 +23,14 @@ PRESETS = {"tiny": {"iterations": 2, "lr": 0.1}}
 def test_precedence_preset_file_option_override(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("iterations: 5\nname: fromfile\n")
-    cfg = resolve_config(Cfg, presets=PRESETS, preset="tiny", config_file=f,
-                         overrides=["levels=c3,c5", "hflip=false"], name="option")
+    cfg = resolve_config(
+        Cfg,
+        presets=PRESETS,
+        preset="tiny",
+        config_file=f,
+        overrides=["levels=c3,c5", "hflip=false"],
+        name="option",
+    )
     assert cfg == Cfg(iterations=5, lr=0.1, levels=("c3", "c5"), hflip=False, name="option")
     assert resolve_config(Cfg, overrides=["iterations=7", "name=option"]).iterations == 7
 
@@ -35,13 +41,16 @@ def test_yaml_list_and_types():
     assert cfg.iterations == 3 and isinstance(cfg.iterations, int)
 
 
-@pytest.mark.parametrize("bad, msg", [
-    (["iterations=2.5"], "integer"),
-    (["amp=fp8"], "not one of"),
-    (["nope=1"], "unknown config key"),
-    (["iterations"], "key=value"),
-    (["hflip=maybe"], "true/false"),
-])
+@pytest.mark.parametrize(
+    "bad, msg",
+    [
+        (["iterations=2.5"], "integer"),
+        (["amp=fp8"], "not one of"),
+        (["nope=1"], "unknown config key"),
+        (["iterations"], "key=value"),
+        (["hflip=maybe"], "true/false"),
+    ],
+)
 def test_bad_overrides_are_clear(bad, msg):
     with pytest.raises(ConfigError, match=msg):
         resolve_config(Cfg, overrides=bad)
@@ -80,15 +89,18 @@ def test_every_preset_of_every_command_is_in_range():
             resolve_config(cls, presets=presets, preset=name)
 
 
-@pytest.mark.parametrize("override, msg", [
-    ("batch_size=0", "'batch_size': 0 must be >= 1"),
-    ("lr=-1", "'lr': -1 must be > 0"),
-    ("lr=.inf", "'lr': inf is not a finite number"),
-    ("momentum=1", "'momentum': 1 must be >= 0 and < 1"),
-    ("window_shards=0", "'window_shards': 0 must be >= 1"),
-    ("class_weights=[1,-2]", "'class_weights': -2 must be > 0"),
-    ("semantic_weight=-0.5", "'semantic_weight': -0.5 must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "override, msg",
+    [
+        ("batch_size=0", "'batch_size': 0 must be >= 1"),
+        ("lr=-1", "'lr': -1 must be > 0"),
+        ("lr=.inf", "'lr': inf is not a finite number"),
+        ("momentum=1", "'momentum': 1 must be >= 0 and < 1"),
+        ("window_shards=0", "'window_shards': 0 must be >= 1"),
+        ("class_weights=[1,-2]", "'class_weights': -2 must be > 0"),
+        ("semantic_weight=-0.5", "'semantic_weight': -0.5 must be >= 0"),
+    ],
+)
 def test_student_limits_are_checked_when_the_config_loads(override, msg):
     from md.student_train import StudentTrainConfig
 

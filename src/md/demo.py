@@ -41,8 +41,15 @@ class Size:
 
 SIZES = {
     "default": Size(64, 32, None, "cpu-demo", (), "cpu-demo", ("iterations=200",)),
-    "quick": Size(32, 16, (96, 64), "cpu-tiny", ("iterations=30",), "cpu-tiny",
-                  ("iterations=10", "log_every=1")),
+    "quick": Size(
+        32,
+        16,
+        (96, 64),
+        "cpu-tiny",
+        ("iterations=30",),
+        "cpu-tiny",
+        ("iterations=10", "log_every=1"),
+    ),
 }
 
 
@@ -65,23 +72,44 @@ def run(cfg: DemoConfig, echo: Echo = print) -> dict[str, Any]:
     t: dict[str, float] = {}
     data = _stage("1/6 synthetic data", t, echo, lambda: make_data(cfg, size, out / "data"))
     teacher = _stage("2/6 teacher", t, echo, lambda: train_teacher(cfg, size, data, out))
-    stores = _stage("3/6 cache-teacher (train + test splits, lossless)", t, echo,
-                    lambda: cache_splits(teacher, data, out))
-    camp = tables.Campaign(data={cfg.task: data}, store={cfg.task: stores["train"]},
-                           out_dir=out / "runs", preset=size.student_preset,
-                           common=("progress=false", *size.student_overrides),
-                           workers=cfg.workers)
-    _stage(f"4/6 students: native + MD x thermal factors {', '.join(cfg.factors)}", t, echo,
-           lambda: tables.run_grid(camp, tables.md_grid([cfg.task], cfg.factors, cfg.seeds),
-                                   echo=lambda s: echo(f"    {s}")))
-    teacher_eval = _stage("5/6 evaluating the teacher", t, echo,
-                          lambda: evaluate_teacher(teacher, data))
+    stores = _stage(
+        "3/6 cache-teacher (train + test splits, lossless)",
+        t,
+        echo,
+        lambda: cache_splits(teacher, data, out),
+    )
+    camp = tables.Campaign(
+        data={cfg.task: data},
+        store={cfg.task: stores["train"]},
+        out_dir=out / "runs",
+        preset=size.student_preset,
+        common=("progress=false", *size.student_overrides),
+        workers=cfg.workers,
+    )
+    _stage(
+        f"4/6 students: native + MD x thermal factors {', '.join(cfg.factors)}",
+        t,
+        echo,
+        lambda: tables.run_grid(
+            camp,
+            tables.md_grid([cfg.task], cfg.factors, cfg.seeds),
+            echo=lambda s: echo(f"    {s}"),
+        ),
+    )
+    teacher_eval = _stage(
+        "5/6 evaluating the teacher", t, echo, lambda: evaluate_teacher(teacher, data)
+    )
     records = tables.load_results(camp.results)
-    figs = _stage("6/6 figures and report", t, echo, lambda: {
-        "factor": factor_figure(records, cfg.task, cfg.factors, teacher_eval, out),
-        "fig4": fig4_grid(records, cfg, data, stores["test"], out),
-        "loss": loss_figure(records, cfg.task, teacher, out),
-    })
+    figs = _stage(
+        "6/6 figures and report",
+        t,
+        echo,
+        lambda: {
+            "factor": factor_figure(records, cfg.task, cfg.factors, teacher_eval, out),
+            "fig4": fig4_grid(records, cfg, data, stores["test"], out),
+            "loss": loss_figure(records, cfg.task, teacher, out),
+        },
+    )
     report = write_report(cfg, size, records, teacher_eval, stores, figs, t, out)
     if cfg.quick:
         echo(f"note: {quick_caveat(size)}")
@@ -104,8 +132,12 @@ def make_data(cfg: DemoConfig, size: Size, root: Path) -> str:
     from md.data.synthetic import run as synth
 
     if not (root / "synthetic.json").exists():
-        synth(SynthConfig(cfg.task, n_train=size.n_train, n_test=size.n_test, size=size.image,
-                          seed=0), root)
+        synth(
+            SynthConfig(
+                cfg.task, n_train=size.n_train, n_test=size.n_test, size=size.image, seed=0
+            ),
+            root,
+        )
     return str(root)
 
 
@@ -115,9 +147,14 @@ def train_teacher(cfg: DemoConfig, size: Size, data: str, out: Path) -> str:
 
     path = out / "teacher.pt"
     if not path.exists():
-        tcfg = resolve_config(tt.TeacherTrainConfig, presets=tt.PRESETS,
-                              preset=size.teacher_preset, overrides=size.teacher_overrides,
-                              task=cfg.task, data=data)
+        tcfg = resolve_config(
+            tt.TeacherTrainConfig,
+            presets=tt.PRESETS,
+            preset=size.teacher_preset,
+            overrides=size.teacher_overrides,
+            task=cfg.task,
+            data=data,
+        )
         tt.run(tcfg, out=path)
     return str(path)
 
@@ -131,8 +168,11 @@ def cache_splits(teacher: str, data: str, out: Path) -> dict[str, str]:
     stores = {}
     for split in ("train", "test"):
         stores[split] = str(out / f"{split}.zarr")
-        cache(CacheConfig(teacher=teacher, data=data, split=split, store=stores[split],
-                          codec="lossless"))
+        cache(
+            CacheConfig(
+                teacher=teacher, data=data, split=split, store=stores[split], codec="lossless"
+            )
+        )
     return stores
 
 
@@ -144,8 +184,9 @@ def evaluate_teacher(teacher: str, data: str) -> dict[str, Any]:
 
 def _teacher_row(task: str, ev: dict[str, Any]) -> str:
     metric = ev["miss_rate"] if task == "detection" else ev["mean_accuracy"]
-    cells = " | ".join("–" if metric.get(s) is None else f"{metric[s]:.2f}"
-                       for s in ("day", "night", "all"))
+    cells = " | ".join(
+        "–" if metric.get(s) is None else f"{metric[s]:.2f}" for s in ("day", "night", "all")
+    )
     return f"| Teacher (two-stream GAFF, full-res thermal) | | {cells} | 1 |"
 
 
@@ -157,56 +198,84 @@ def _store_line(stores: dict[str, str]) -> str:
     ratio = rep["ratio_vs_float32"].get("total")
     vs = f", {ratio:.2f}x smaller than float32" if ratio else ""
     codec = rep["codec"]["name"] if isinstance(rep["codec"], dict) else rep["codec"]
-    return (f"Teacher store ({codec}, {rep['written']} train samples): "
-            f"**{total:,.0f} bytes/sample**{vs}.")
+    return (
+        f"Teacher store ({codec}, {rep['written']} train samples): "
+        f"**{total:,.0f} bytes/sample**{vs}."
+    )
 
 
 def quick_caveat(size: Size) -> str:
     """Why a `--quick` table says nothing about MD: its students barely train."""
-    return (f"--quick numbers are a smoke test: {size.n_train} training images, a "
-            f"{_iterations(size.teacher_overrides)}-iteration teacher and "
-            f"{_iterations(size.student_overrides)}-iteration students show that every stage "
-            "runs, but are far too undertrained to compare native with MD students. "
-            "Run `md demo` without --quick for the real table.")
+    return (
+        f"--quick numbers are a smoke test: {size.n_train} training images, a "
+        f"{_iterations(size.teacher_overrides)}-iteration teacher and "
+        f"{_iterations(size.student_overrides)}-iteration students show that every stage "
+        "runs, but are far too undertrained to compare native with MD students. "
+        "Run `md demo` without --quick for the real table."
+    )
 
 
 def _iterations(overrides: tuple[str, ...]) -> str:
     return next((o.split("=", 1)[1] for o in overrides if o.startswith("iterations=")), "?")
 
 
-def write_report(cfg: DemoConfig, size: Size, records: list[dict[str, Any]],
-                 teacher_eval: dict[str, Any], stores: dict[str, str], figs: dict[str, Path],
-                 timings: dict[str, float], out: Path) -> Path:
+def write_report(
+    cfg: DemoConfig,
+    size: Size,
+    records: list[dict[str, Any]],
+    teacher_eval: dict[str, Any],
+    stores: dict[str, str],
+    figs: dict[str, Path],
+    timings: dict[str, float],
+    out: Path,
+) -> Path:
     """Write report.md (see `report_text`)."""
     path = out / "report.md"
-    path.write_text(report_text(cfg, size, records, teacher_eval, _store_line(stores), figs,
-                                timings))
+    path.write_text(
+        report_text(cfg, size, records, teacher_eval, _store_line(stores), figs, timings)
+    )
     return path
 
 
-def report_text(cfg: DemoConfig, size: Size, records: list[dict[str, Any]],
-                teacher_eval: dict[str, Any], store_line: str, figs: dict[str, Path],
-                timings: dict[str, float]) -> str:
+def report_text(
+    cfg: DemoConfig,
+    size: Size,
+    records: list[dict[str, Any]],
+    teacher_eval: dict[str, Any],
+    store_line: str,
+    figs: dict[str, Path],
+    timings: dict[str, float],
+) -> str:
     """report.md: the Table 3/4-shaped table first (under the smoke-test caveat for
     --quick), then the figures, then how it was made."""
     better = "lower is better" if cfg.task == "detection" else "higher is better"
     errors = [r for r in records if "error" in r]
     lines = [
-        f"# MD demo: {cfg.task} on synthetic data{' (--quick)' if cfg.quick else ''}", "",
+        f"# MD demo: {cfg.task} on synthetic data{' (--quick)' if cfg.quick else ''}",
+        "",
         *([f"> **Not a result.** {quick_caveat(size)}", ""] if cfg.quick else []),
         f"Native vs MD students per thermal resolution ({better}; test split, "
-        f"{len(cfg.seeds)} seed(s), mean ± SE when several).", "",
+        f"{len(cfg.seeds)} seed(s), mean ± SE when several).",
+        "",
         tables.thermal_table(records, cfg.task, cfg.factors),
-        _teacher_row(cfg.task, teacher_eval), "",
-        store_line, "",
+        _teacher_row(cfg.task, teacher_eval),
+        "",
+        store_line,
+        "",
         *(f"- failed: {r['key']}: {r['error']}" for r in errors),
-        "## Figures", "",
-        f"![metric vs thermal factor]({figs['factor'].name})", "",
+        "## Figures",
+        "",
+        f"![metric vs thermal factor]({figs['factor'].name})",
+        "",
         "Visible, thermal (as the student sees it), teacher mask, student mask and the F-MSE "
-        "weight map (MD Fig. 4) for day and night test samples:", "",
-        f"![MD Fig. 4-like grid]({figs['fig4'].name})", "",
-        f"![training loss curves]({figs['loss'].name})", "",
-        "## How this was made", "",
+        "weight map (MD Fig. 4) for day and night test samples:",
+        "",
+        f"![MD Fig. 4-like grid]({figs['fig4'].name})",
+        "",
+        f"![training loss curves]({figs['loss'].name})",
+        "",
+        "## How this was made",
+        "",
         f"- data: `md data synth --task {cfg.task}` ({size.n_train} train + {size.n_test} test"
         f"{f', {size.image[0]}x{size.image[1]}' if size.image else ''})",
         f"- teacher: `md train-teacher --preset {size.teacher_preset} "
@@ -238,14 +307,21 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def factor_figure(records: list[dict[str, Any]], task: str, factors: tuple[str, ...],
-                  teacher_eval: dict[str, Any], out: Path) -> Path:
-    return _save(factor_plot(records, task, factors, teacher_eval),
-                 out / "metric_vs_thermal_factor.png")
+def factor_figure(
+    records: list[dict[str, Any]],
+    task: str,
+    factors: tuple[str, ...],
+    teacher_eval: dict[str, Any],
+    out: Path,
+) -> Path:
+    return _save(
+        factor_plot(records, task, factors, teacher_eval), out / "metric_vs_thermal_factor.png"
+    )
 
 
-def factor_plot(records: list[dict[str, Any]], task: str, factors: tuple[str, ...],
-                teacher_eval: dict[str, Any]) -> Any:
+def factor_plot(
+    records: list[dict[str, Any]], task: str, factors: tuple[str, ...], teacher_eval: dict[str, Any]
+) -> Any:
     """The metric (all / day / night) against thermal factor, native vs MD, teacher dashed."""
     plt = _plt()
     metric = "miss_rate" if task == "detection" else "mean_accuracy"
@@ -274,8 +350,9 @@ def factor_plot(records: list[dict[str, Any]], task: str, factors: tuple[str, ..
     return fig
 
 
-def percent_limits(values: list[float], margin: float = 0.1, least: float = 1.0,
-                   headroom: float = 0.04) -> tuple[float, float]:
+def percent_limits(
+    values: list[float], margin: float = 0.1, least: float = 1.0, headroom: float = 0.04
+) -> tuple[float, float]:
     """y-limits of a percentage plot: the values' range widened by `margin` of it (at least
     `least` points each side) and cut to [0, 100], where the metric is defined; then
     `headroom` of that span either side, so a line at 0 or 100 stays off the frame.
@@ -300,8 +377,9 @@ def _figure_student(records: list[dict[str, Any]], factors: tuple[str, ...]) -> 
     return next((r for r in md if r["factor"] == "16"), md[0])
 
 
-def _fig4_rows(records: list[dict[str, Any]], cfg: DemoConfig, data: str,
-               test_store: str) -> tuple[list[dict[str, Any]], str, str]:
+def _fig4_rows(
+    records: list[dict[str, Any]], cfg: DemoConfig, data: str, test_store: str
+) -> tuple[list[dict[str, Any]], str, str]:
     """Per chosen test sample: images and maps of the first distilled level."""
     import numpy as np
     import torch
@@ -319,8 +397,9 @@ def _fig4_rows(records: list[dict[str, Any]], cfg: DemoConfig, data: str,
     ds = open_dataset(data, split="test")
     store = open_store(test_store)
     groups = store.read(np.arange(store.n), ["group"])["group"]
-    picks = [int(i) for g in ("day", "night")
-             for i in np.flatnonzero(groups == g)[:cfg.figure_samples]]
+    picks = [
+        int(i) for g in ("day", "night") for i in np.flatnonzero(groups == g)[: cfg.figure_samples]
+    ]
     rows = []
     for i in picks:
         batch = collate([ds[i]])
@@ -330,16 +409,23 @@ def _fig4_rows(records: list[dict[str, Any]], cfg: DemoConfig, data: str,
         t = store.read([i], [features_name(level), attention_name(level)])
         t_feat = torch.from_numpy(t[features_name(level)])  # (1, C, h, w)
         weights = FocalMSELoss().weights(s["features"][level], t_feat)[0]  # (h, w)
-        rows.append({"group": str(groups[i]), "visible": batch["visible"][0].permute(1, 2, 0),
-                     "thermal": x[0, 3] if x.shape[1] == 6 else None,
-                     "teacher": t[attention_name(level)][0, 0], "student": s["masks"][level][0, 0],
-                     "weights": weights})
+        rows.append(
+            {
+                "group": str(groups[i]),
+                "visible": batch["visible"][0].permute(1, 2, 0),
+                "thermal": x[0, 3] if x.shape[1] == 6 else None,
+                "teacher": t[attention_name(level)][0, 0],
+                "student": s["masks"][level][0, 0],
+                "weights": weights,
+            }
+        )
     store.close()
     return rows, level, str(rec["factor"])
 
 
-def fig4_grid(records: list[dict[str, Any]], cfg: DemoConfig, data: str, test_store: str,
-              out: Path) -> Path:
+def fig4_grid(
+    records: list[dict[str, Any]], cfg: DemoConfig, data: str, test_store: str, out: Path
+) -> Path:
     """Like MD Fig. 4: visible, thermal, teacher mask, student mask, F-MSE weight map."""
     rows, level, factor = _fig4_rows(records, cfg, data, test_store)
     return _save(fig4_plot(rows, level, factor), out / "fig4_masks.png")
@@ -359,8 +445,7 @@ def fig4_plot(rows: list[dict[str, Any]], level: str, factor: str) -> Any:
     so its colours can be read as values (the masks share the fixed [0, 1] scale, so teacher
     and student compare by eye; thermal and weights span their own range)."""
     plt = _plt()
-    fig, axes = plt.subplots(len(rows), 5, figsize=(13, 2.2 * len(rows)), dpi=100,
-                             squeeze=False)
+    fig, axes = plt.subplots(len(rows), 5, figsize=(13, 2.2 * len(rows)), dpi=100, squeeze=False)
     for r, row in enumerate(rows):
         for c, (key, title, cmap, bar_label) in enumerate(FIG4_COLUMNS):
             ax = axes[r][c]
@@ -378,8 +463,16 @@ def fig4_plot(rows: list[dict[str, Any]], level: str, factor: str) -> Any:
                 bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
                 bar.ax.tick_params(labelsize=7)
                 bar.set_label(bar_label, fontsize=7)
-        axes[r][0].text(-0.05, 0.5, row["group"], transform=axes[r][0].transAxes,
-                        rotation=90, va="center", ha="right", fontsize=9)
+        axes[r][0].text(
+            -0.05,
+            0.5,
+            row["group"],
+            transform=axes[r][0].transAxes,
+            rotation=90,
+            va="center",
+            ha="right",
+            fontsize=9,
+        )
     fig.tight_layout()
     return fig
 
@@ -405,8 +498,14 @@ def loss_plot(records: list[dict[str, Any]], teacher: str) -> Any:
         log = read_log(Path(r["checkpoint"]).with_suffix(".metrics.jsonl"))
         label = student_label(r) + (f" s{r['seed']}" if several_seeds else "")
         style = "-" if r["variant"] == "md" else "--"
-        _curve(ax_s, log, "loss/task" if r["variant"] == "md" else "loss/total", label, style,
-               colour[r["factor"]])
+        _curve(
+            ax_s,
+            log,
+            "loss/task" if r["variant"] == "md" else "loss/total",
+            label,
+            style,
+            colour[r["factor"]],
+        )
     ax_s.set_title("students: task loss (MD: without the transfer terms)")
     for ax in (ax_t, ax_s):
         ax.set_xlabel("iteration")
@@ -416,8 +515,10 @@ def loss_plot(records: list[dict[str, Any]], teacher: str) -> Any:
             ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
         if ys:  # ten students' entries would hide their curves: theirs go to the right
-            ax.legend(fontsize=7, **({"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}
-                                     if ax is ax_s else {}))
+            ax.legend(
+                fontsize=7,
+                **({"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)} if ax is ax_s else {}),
+            )
     fig.tight_layout()
     return fig
 
@@ -435,8 +536,14 @@ def _table_order(rec: dict[str, Any]) -> tuple[float, int, str, int]:
     return factor, variant, rec["variant"], int(rec.get("seed", 0))
 
 
-def _curve(ax: Any, log: list[dict[str, Any]], key: str, label: str, style: str = "-",
-           colour: str | None = None) -> None:
+def _curve(
+    ax: Any,
+    log: list[dict[str, Any]],
+    key: str,
+    label: str,
+    style: str = "-",
+    colour: str | None = None,
+) -> None:
     pts = [(r["iteration"], r[key]) for r in log if key in r]
     if pts:
         ax.plot(*zip(*pts, strict=True), style, label=label, lw=1.2, color=colour)

@@ -21,8 +21,13 @@ from pathlib import Path
 from typing import Any
 
 FACTORS = ("1", "4", "16", "64", "none")  # thermal pixel factors; none = visible-only
-FACTOR_LABEL = {"1": "Full resolution", "4": "4x downsample", "16": "16x downsample",
-                "64": "64x downsample", "none": "Visible-only"}
+FACTOR_LABEL = {
+    "1": "Full resolution",
+    "4": "4x downsample",
+    "16": "16x downsample",
+    "64": "64x downsample",
+    "none": "Visible-only",
+}
 
 
 @dataclass(frozen=True)
@@ -61,8 +66,13 @@ class Campaign:
 
 def md_grid(tasks: Sequence[str], factors: Sequence[str], seeds: Sequence[int]) -> list[Run]:
     """Tables 3-4: native vs MD students for each thermal factor and seed."""
-    return [Run(t, f, v, s, no_distill=(v == "native"))
-            for t in tasks for s in seeds for f in factors for v in ("native", "md")]
+    return [
+        Run(t, f, v, s, no_distill=(v == "native"))
+        for t in tasks
+        for s in seeds
+        for f in factors
+        for v in ("native", "md")
+    ]
 
 
 ABLATIONS: dict[str, tuple[str, ...]] = {  # Tables 7-8 rows besides native and full MD
@@ -74,8 +84,12 @@ ABLATIONS: dict[str, tuple[str, ...]] = {  # Tables 7-8 rows besides native and 
 
 
 def ablation_grid(tasks: Sequence[str], seeds: Sequence[int], factor: str = "16") -> list[Run]:
-    return [Run(t, factor, name, s, overrides=ov)
-            for t in tasks for s in seeds for name, ov in ABLATIONS.items()]
+    return [
+        Run(t, factor, name, s, overrides=ov)
+        for t in tasks
+        for s in seeds
+        for name, ov in ABLATIONS.items()
+    ]
 
 
 def done_keys(path: Path) -> set[str]:
@@ -86,9 +100,23 @@ def done_keys(path: Path) -> set[str]:
 
 def _cmd(c: Campaign, r: Run, ckpt: Path) -> list[list[str]]:
     md = [sys.executable, "-m", "md.cli"]
-    train = [*md, "train-student", "--data", c.data[r.task], "--out", str(ckpt),
-             "--task", r.task, "--thermal-factor", r.factor, "--preset", c.preset,
-             f"seed={r.seed}", *c.common, *r.overrides]
+    train = [
+        *md,
+        "train-student",
+        "--data",
+        c.data[r.task],
+        "--out",
+        str(ckpt),
+        "--task",
+        r.task,
+        "--thermal-factor",
+        r.factor,
+        "--preset",
+        c.preset,
+        f"seed={r.seed}",
+        *c.common,
+        *r.overrides,
+    ]
     train += ["--no-distill"] if r.no_distill else ["--store", c.store[r.task]]
     evaluate = [*md, "evaluate", "model", str(ckpt), "--data", c.data[r.task], "--json"]
     return [train, evaluate]
@@ -139,18 +167,30 @@ def mean_se(values: Sequence[float]) -> tuple[float, float]:
 
 
 def load_results(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    return (
+        [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    )
 
 
 def metric_of(rec: dict[str, Any]) -> str:
     return "miss_rate" if "miss_rate" in rec else "mean_accuracy"
 
 
-def aggregate(records: Sequence[dict[str, Any]], task: str, factor: str, variant: str,
-              ) -> dict[str, tuple[float, float, int]] | None:
+def aggregate(
+    records: Sequence[dict[str, Any]],
+    task: str,
+    factor: str,
+    variant: str,
+) -> dict[str, tuple[float, float, int]] | None:
     """{subset: (mean, se, n)} over the seeds of one (task, factor, variant) cell."""
-    cell = [r for r in records if r.get("task") == task and r.get("factor") == factor
-            and r.get("variant") == variant and "error" not in r]
+    cell = [
+        r
+        for r in records
+        if r.get("task") == task
+        and r.get("factor") == factor
+        and r.get("variant") == variant
+        and "error" not in r
+    ]
     if not cell:
         return None
     metric = metric_of(cell[0])
@@ -170,12 +210,15 @@ def format_cell(agg: dict[str, tuple[float, float, int]] | None, subset: str) ->
     return f"{m:.2f}±{se:.2f}" if n > 1 else f"{m:.2f}"
 
 
-def thermal_table(records: Sequence[dict[str, Any]], task: str,
-                  factors: Sequence[str] = FACTORS) -> str:
+def thermal_table(
+    records: Sequence[dict[str, Any]], task: str, factors: Sequence[str] = FACTORS
+) -> str:
     """Markdown in the shape of MD Table 3/4: thermal resolution x {native, MD}."""
     metric = "Miss rate (%) ↓" if task == "detection" else "Mean accuracy (%) ↑"
-    lines = [f"| Thermal resolution | MD | {metric} day | night | all | seeds |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"| Thermal resolution | MD | {metric} day | night | all | seeds |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
     for f in factors:
         for variant, mark in (("native", ""), ("md", "✓")):
             agg = aggregate(records, task, f, variant)
@@ -187,11 +230,19 @@ def thermal_table(records: Sequence[dict[str, Any]], task: str,
 
 def ablation_table(records: Sequence[dict[str, Any]], task: str, factor: str = "16") -> str:
     """Markdown in the shape of MD Table 7/8 (semantic transfer M/F, attention transfer)."""
-    rows = [("native", "", "", ""), ("S(M)", "✓", "", ""), ("S(F)", "", "✓", ""),
-            ("A", "", "", "✓"), ("S(M)+A", "✓", "", "✓"), ("md", "", "✓", "✓")]
+    rows = [
+        ("native", "", "", ""),
+        ("S(M)", "✓", "", ""),
+        ("S(F)", "", "✓", ""),
+        ("A", "", "", "✓"),
+        ("S(M)+A", "✓", "", "✓"),
+        ("md", "", "✓", "✓"),
+    ]
     metric = "Miss rate (%) ↓" if task == "detection" else "Mean accuracy (%) ↑"
-    lines = [f"| S(M) | S(F) | A | {metric} day | night | all | seeds |",
-             "| :-: | :-: | :-: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"| S(M) | S(F) | A | {metric} day | night | all | seeds |",
+        "| :-: | :-: | :-: | ---: | ---: | ---: | ---: |",
+    ]
     for variant, sm, sf, a in rows:
         agg = aggregate(records, task, factor, variant)
         n = max((v[2] for v in agg.values()), default=0) if agg else 0

@@ -15,7 +15,7 @@ from tests.conftest import REPO, run_cli
 
 def _json(out: str) -> dict:
     """The JSON object of the output (progress lines on stderr may come first)."""
-    return json.loads(out[out.index("{"):])
+    return json.loads(out[out.index("{") :])
 
 
 @pytest.fixture(scope="module")
@@ -29,30 +29,71 @@ def _given(s: BenchInputs) -> list[str]:
 
 
 def test_codecs_reports_each_preset(inputs: BenchInputs) -> None:
-    r = _json(run_cli("bench", "codecs", *_given(inputs), "--samples", "4", "--repeats", "1",
-                      "--json"))
+    r = _json(
+        run_cli("bench", "codecs", *_given(inputs), "--samples", "4", "--repeats", "1", "--json")
+    )
     assert set(r["presets"]) == set(PRESETS)
     for p in r["presets"].values():
-        assert {"bytes_per_sample", "ratio_vs_fp32", "cosine", "max_abs_error", "encode_mb_s",
-                "decode_mb_s"} <= set(p)
+        assert {
+            "bytes_per_sample",
+            "ratio_vs_fp32",
+            "cosine",
+            "max_abs_error",
+            "encode_mb_s",
+            "decode_mb_s",
+        } <= set(p)
         assert p["ratio_vs_fp32"] > 1 and 0.99 < p["cosine"] <= 1.0 + 1e-9
-    assert r["presets"]["compact"]["bytes_per_sample"] < r["presets"]["lossless"]["bytes_per_sample"]
+    assert (
+        r["presets"]["compact"]["bytes_per_sample"] < r["presets"]["lossless"]["bytes_per_sample"]
+    )
     assert r["inputs"]["synthetic"] is False
 
 
 def test_latency_of_the_models() -> None:
-    r = _json(run_cli("bench", "latency", "--size", "64x64", "--width", "0.125",
-                      "--head-channels", "16", "--warmup", "1", "--repeats", "2",
-                      "--threads", "1", "--json"))
-    assert set(r["models"]) == {"teacher", "md_student", "md_student_folded_stem",
-                                "visible_only_student"}
+    r = _json(
+        run_cli(
+            "bench",
+            "latency",
+            "--size",
+            "64x64",
+            "--width",
+            "0.125",
+            "--head-channels",
+            "16",
+            "--warmup",
+            "1",
+            "--repeats",
+            "2",
+            "--threads",
+            "1",
+            "--json",
+        )
+    )
+    assert set(r["models"]) == {
+        "teacher",
+        "md_student",
+        "md_student_folded_stem",
+        "visible_only_student",
+    }
     assert r["device"] == "cpu" and r["dtype"] == "float32" and r["image_size"] == [64, 64]
     assert all(m["median_ms"] > 0 for m in r["models"].values())
 
 
 def test_train_step_three_modes(inputs: BenchInputs) -> None:
-    r = _json(run_cli("bench", "train-step", *_given(inputs), "--batch-size", "2",
-                      "--steps", "1", "--warmup", "1", "--json"))
+    r = _json(
+        run_cli(
+            "bench",
+            "train-step",
+            *_given(inputs),
+            "--batch-size",
+            "2",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--json",
+        )
+    )
     assert all(r[k] > 0 for k in ("offline_ms", "online_ms", "in_memory_ms"))
     assert set(r["peak_memory_mb"]) == {"offline", "online", "in_memory"}
     # on CPU (Linux) the peak is the sampled process RSS: positive, and at least the RSS
@@ -65,8 +106,22 @@ def test_train_step_three_modes(inputs: BenchInputs) -> None:
 
 
 def test_loader_rates_per_worker_count(inputs: BenchInputs) -> None:
-    r = _json(run_cli("bench", "loader", *_given(inputs), "--batch-size", "2",
-                      "--workers", "0", "--batches", "2", "--steps", "1", "--json"))
+    r = _json(
+        run_cli(
+            "bench",
+            "loader",
+            *_given(inputs),
+            "--batch-size",
+            "2",
+            "--workers",
+            "0",
+            "--batches",
+            "2",
+            "--steps",
+            "1",
+            "--json",
+        )
+    )
     assert set(r["loader_samples_per_s"]) == {"0"} and r["step_samples_per_s"] > 0
     assert r["mode"] == "offline" and set(r["fed"]) == {"0"}
 
@@ -91,15 +146,31 @@ def test_store_without_data_is_a_user_error(inputs: BenchInputs) -> None:
 
 
 @pytest.mark.parametrize("script", ["codecs.py", "loader.py"])
-def test_bench_scripts_still_run(inputs: BenchInputs, script: str,
-                                 monkeypatch: pytest.MonkeyPatch,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_scripts_still_run(
+    inputs: BenchInputs,
+    script: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     import runpy
 
-    args = (["--teacher", inputs.teacher, "--data", inputs.data, "--samples", "4"]
-            if script == "codecs.py" else
-            ["--store", inputs.store, "--data", inputs.data, "--workers", "0", "--batches", "2",
-             "--steps", "1", "batch_size=2"])
+    args = (
+        ["--teacher", inputs.teacher, "--data", inputs.data, "--samples", "4"]
+        if script == "codecs.py"
+        else [
+            "--store",
+            inputs.store,
+            "--data",
+            inputs.data,
+            "--workers",
+            "0",
+            "--batches",
+            "2",
+            "--steps",
+            "1",
+            "batch_size=2",
+        ]
+    )
     monkeypatch.setattr(sys, "argv", [script, *args, "--json"])
     with pytest.raises(SystemExit) as exit_:
         runpy.run_path(str(REPO / "bench" / script), run_name="__main__")
@@ -107,32 +178,53 @@ def test_bench_scripts_still_run(inputs: BenchInputs, script: str,
     json.loads(capsys.readouterr().out)
 
 
-def test_cache_steps_script_times_every_variant(inputs: BenchInputs,
-                                                monkeypatch: pytest.MonkeyPatch,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_cache_steps_script_times_every_variant(
+    inputs: BenchInputs, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import runpy
 
     before = sys.getswitchinterval()
-    monkeypatch.setattr(sys, "argv", ["cache_steps.py", "--teacher", inputs.teacher,
-                                      "--data", inputs.data, "--repeats", "1", "--threads", "0"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "cache_steps.py",
+            "--teacher",
+            inputs.teacher,
+            "--data",
+            inputs.data,
+            "--repeats",
+            "1",
+            "--threads",
+            "0",
+        ],
+    )
     with pytest.raises(SystemExit) as exit_:
         runpy.run_path(str(REPO / "bench" / "cache_steps.py"), run_name="__main__")
     assert exit_.value.code == 0
     r = json.loads(capsys.readouterr().out)
-    assert set(r["variants"]) == {"zarr_path", "one_pass", "read_ahead", "short_switch",
-                                  "short_switch/compact", "short_switch/thread_writer"}
+    assert set(r["variants"]) == {
+        "zarr_path",
+        "one_pass",
+        "read_ahead",
+        "short_switch",
+        "short_switch/compact",
+        "short_switch/thread_writer",
+    }
     assert all(v["samples_per_s"] > 0 and v["vs_forward"] > 0 for v in r["variants"].values())
     assert r["variants"]["zarr_path"]["one_pass"] is False
     assert sys.getswitchinterval() == before  # left as it was
 
 
-def test_fusion_latency_script_subset(monkeypatch: pytest.MonkeyPatch,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_fusion_latency_script_subset(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import runpy
 
     names = "visible-only,image-level,image-level (folded stem)"
-    monkeypatch.setattr(sys, "argv", ["fusion_latency.py", "detection", "0.125", "16", "32",
-                                      "48", "2", names])
+    monkeypatch.setattr(
+        sys, "argv", ["fusion_latency.py", "detection", "0.125", "16", "32", "48", "2", names]
+    )
     with pytest.raises(SystemExit) as exit_:
         runpy.run_path(str(REPO / "bench" / "fusion_latency.py"), run_name="__main__")
     assert exit_.value.code == 0

@@ -22,8 +22,13 @@ def test_quick_demo_writes_report_with_table_and_figures(tmp_path: Path) -> None
     lines = text.splitlines()
     table = [ln for ln in lines if ln.startswith("| ")]
     assert table[0].startswith("| Thermal resolution | MD |")
-    for label in ("Full resolution", "4x downsample", "16x downsample", "64x downsample",
-                  "Visible-only"):
+    for label in (
+        "Full resolution",
+        "4x downsample",
+        "16x downsample",
+        "64x downsample",
+        "Visible-only",
+    ):
         rows = [ln for ln in table if ln.startswith(f"| {label} |")]
         assert len(rows) == 2 and "–" not in rows[0] + rows[1], rows  # native and MD, scored
     assert any(ln.startswith("| Teacher") for ln in table)

@@ -24,8 +24,11 @@ def test_percent_limits_follow_the_data_inside_0_100() -> None:
 
 
 def test_factor_plot_y_axis_spans_the_data_not_past_100() -> None:
-    records = [record(f, v, 90.0 + 2 * i + (v == "md")) for i, f in enumerate(FACTORS)
-               for v in ("native", "md")]  # 90 .. 99
+    records = [
+        record(f, v, 90.0 + 2 * i + (v == "md"))
+        for i, f in enumerate(FACTORS)
+        for v in ("native", "md")
+    ]  # 90 .. 99
     teacher = {"miss_rate": {"day": 100.0, "night": 100.0, "all": 100.0}}
     fig = demo.factor_plot(records, "detection", FACTORS, teacher)
     lo, hi = fig.axes[0].get_ylim()
@@ -47,8 +50,9 @@ def test_factor_plot_of_a_quick_run_has_no_ticks_past_100() -> None:
 
 
 def write_log(path: Path, key: str, losses: list[float]) -> None:
-    path.write_text("".join(json.dumps({"iteration": i, key: v}) + "\n"
-                            for i, v in enumerate(losses)))
+    path.write_text(
+        "".join(json.dumps({"iteration": i, key: v}) + "\n" for i, v in enumerate(losses))
+    )
 
 
 def test_loss_plot_lists_students_in_the_tables_order_with_its_words(tmp_path: Path) -> None:
@@ -57,14 +61,26 @@ def test_loss_plot_lists_students_in_the_tables_order_with_its_words(tmp_path: P
     for f in ("16", "none", "4", "64", "1"):  # as results.jsonl may list them
         for v in ("md", "native"):
             ckpt = tmp_path / f"detection_{v}_tf{f}_s0.pt"
-            write_log(ckpt.with_suffix(".metrics.jsonl"),
-                      "loss/task" if v == "md" else "loss/total", [16.0, 6.0, 5.5])
+            write_log(
+                ckpt.with_suffix(".metrics.jsonl"),
+                "loss/task" if v == "md" else "loss/total",
+                [16.0, 6.0, 5.5],
+            )
             records.append({**record(f, v, 100.0), "checkpoint": str(ckpt)})
     fig = demo.loss_plot(records, str(tmp_path / "teacher.pt"))
     ax_t, ax_s = fig.axes
     assert [t.get_text() for t in ax_s.get_legend().get_texts()] == [
-        "native 1x", "MD 1x", "native 4x", "MD 4x", "native 16x", "MD 16x",
-        "native 64x", "MD 64x", "native visible-only", "MD visible-only"]
+        "native 1x",
+        "MD 1x",
+        "native 4x",
+        "MD 4x",
+        "native 16x",
+        "MD 16x",
+        "native 64x",
+        "MD 64x",
+        "native visible-only",
+        "MD visible-only",
+    ]
     assert ax_t.get_yscale() == ax_s.get_yscale() == "log"  # 20 -> 8 does not flatten the tail
     lines = ax_s.get_lines()  # a factor's native (dashed) and MD (solid) share a colour
     assert [ln.get_color() for ln in lines[::2]] == [ln.get_color() for ln in lines[1::2]]
@@ -80,15 +96,24 @@ def test_loss_plot_tells_seeds_apart(tmp_path: Path) -> None:
         records.append({**record("16", "md", 100.0), "seed": seed, "checkpoint": str(ckpt)})
     fig = demo.loss_plot(records, str(tmp_path / "no-teacher.pt"))
     assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == [
-        "MD 16x s0", "MD 16x s1"]
+        "MD 16x s0",
+        "MD 16x s1",
+    ]
 
 
 def fig4_rows(thermal: bool = True) -> list[dict[str, Any]]:
     rng = np.random.default_rng(0)
-    return [{"group": g, "visible": rng.random((8, 12, 3)),
-             "thermal": rng.random((8, 12)) if thermal else None,
-             "teacher": rng.random((2, 3)), "student": rng.random((2, 3)),
-             "weights": 1.0 + 3.0 * rng.random((2, 3))} for g in ("day", "night")]
+    return [
+        {
+            "group": g,
+            "visible": rng.random((8, 12, 3)),
+            "thermal": rng.random((8, 12)) if thermal else None,
+            "teacher": rng.random((2, 3)),
+            "student": rng.random((2, 3)),
+            "weights": 1.0 + 3.0 * rng.random((2, 3)),
+        }
+        for g in ("day", "night")
+    ]
 
 
 def test_fig4_maps_have_colour_bars_with_their_value_range() -> None:
@@ -97,10 +122,11 @@ def test_fig4_maps_have_colour_bars_with_their_value_range() -> None:
     grid = fig.axes[:10]  # the 2 x 5 panels come first, then the colour bars
     assert len(fig.axes) == 10 + 2 * 4  # every map but the visible image has one
     for r, row in enumerate(rows):
-        images = [ax.get_images()[0] for ax in grid[5 * r:5 * r + 5]]
+        images = [ax.get_images()[0] for ax in grid[5 * r : 5 * r + 5]]
         assert images[0].colorbar is None  # an RGB image has no scale
-        for key, image in zip(("thermal", "teacher", "student", "weights"), images[1:],
-                              strict=True):
+        for key, image in zip(
+            ("thermal", "teacher", "student", "weights"), images[1:], strict=True
+        ):
             assert image.colorbar is not None, key
             lo, hi = image.colorbar.mappable.get_clim()
             if key in ("teacher", "student"):
@@ -108,7 +134,12 @@ def test_fig4_maps_have_colour_bars_with_their_value_range() -> None:
             else:
                 assert (lo, hi) == pytest.approx((row[key].min(), row[key].max()))
     assert [grid[c].get_title() for c in range(5)] == [
-        "visible", "thermal (16x)", "teacher mask c3", "student mask c3", "F-MSE weights c3"]
+        "visible",
+        "thermal (16x)",
+        "teacher mask c3",
+        "student mask c3",
+        "F-MSE weights c3",
+    ]
 
 
 def test_fig4_of_a_visible_only_student_leaves_the_thermal_panel_empty() -> None:

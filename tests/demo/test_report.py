@@ -9,9 +9,14 @@ from md import demo
 
 
 def record(factor: str, variant: str, miss: float) -> dict[str, Any]:
-    return {"key": f"detection/{variant}/tf{factor}/s0", "task": "detection", "factor": factor,
-            "variant": variant, "seed": 0,
-            "miss_rate": {"day": miss, "night": miss, "all": miss}}
+    return {
+        "key": f"detection/{variant}/tf{factor}/s0",
+        "task": "detection",
+        "factor": factor,
+        "variant": variant,
+        "seed": 0,
+        "miss_rate": {"day": miss, "night": miss, "all": miss},
+    }
 
 
 def report(quick: bool) -> str:

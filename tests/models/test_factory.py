@@ -22,8 +22,15 @@ SIZE = {"width": 0.125, "head_channels": 16}
 # its structure (levels, input channels, head input, head options saved in head_kwargs).
 CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("teacher", "all-levels", {"levels": LEVELS}),
-    ("teacher", "c4-mutual-weighted", {"levels": ("c4",), "assign": "mutual_guidance",
-                                       "class_weights": tuple(0.5 + i for i in range(9))}),
+    (
+        "teacher",
+        "c4-mutual-weighted",
+        {
+            "levels": ("c4",),
+            "assign": "mutual_guidance",
+            "class_weights": tuple(0.5 + i for i in range(9)),
+        },
+    ),
     ("student", "6ch-attended", {"levels": LEVELS}),
     ("student", "6ch-transfer-c3c5", {"levels": ("c3", "c5"), "head_input": "transfer"}),
     ("student", "6ch-trunk", {"levels": LEVELS, "head_input": "trunk"}),
@@ -92,8 +99,9 @@ def test_build_forward_save_load_gives_the_same_outputs(
     with torch.no_grad():
         expected = _leaves(model(*inputs))
     path = tmp_path / f"{kind}.pt"
-    save_checkpoint(path, {"task": task, "model_kind": kind, "model_args": args,
-                           "weights": model.state_dict()})
+    save_checkpoint(
+        path, {"task": task, "model_kind": kind, "model_args": args, "weights": model.state_dict()}
+    )
 
     loaded, ckpt = load_model(path)
     assert type(loaded) is type(model) and not loaded.training

@@ -229,8 +229,11 @@ class StoreContract:
                 assert sorted(record["objects"]) == sorted(names)
                 for name in names:
                     arr = store.raw_array(name)
-                    buf = sync(arr.store_path.store.get(shard_object_key(arr, k),
-                                                        default_buffer_prototype()))
+                    buf = sync(
+                        arr.store_path.store.get(
+                            shard_object_key(arr, k), default_buffer_prototype()
+                        )
+                    )
                     assert record["objects"][name] == f"{google_crc32c.value(buf.to_bytes()):08x}"
 
     # -- errors -------------------------------------------------------------------------------

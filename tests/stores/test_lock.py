@@ -65,7 +65,9 @@ def memory_url(request: pytest.FixtureRequest) -> str:
 
 
 def _lease(url: str) -> dict:
-    return json.loads(fsspec.filesystem("memory").cat_file(lock_path(url).removeprefix("memory://")))
+    return json.loads(
+        fsspec.filesystem("memory").cat_file(lock_path(url).removeprefix("memory://"))
+    )
 
 
 def test_a_second_remote_writer_is_refused_until_the_lease_goes(memory_url: str) -> None:

@@ -149,7 +149,10 @@ def test_edited_array_metadata_is_reported_by_verify_and_refused_by_reads(
     report = verify(str(local_store))
     assert not report.ok
     assert any(p.startswith("features/C3: shape (") and "!= schema" in p for p in report.problems)
-    with open_store(local_store) as ts, pytest.raises(StoreError, match="features/C3 does not match"):
+    with (
+        open_store(local_store) as ts,
+        pytest.raises(StoreError, match="features/C3 does not match"),
+    ):
         ts.read([0], names=["features/C3"])
 
 

@@ -11,6 +11,15 @@ CACHE = ("--shard-size", "4", "--batch-size", "4", "progress=false")
 
 def cache(teacher: Path, data: Path, store: Path, *extra: str) -> Path:
     """Cache `teacher` over `data`'s train split into `store`; returns `store`."""
-    run_cli("cache-teacher", "--teacher", str(teacher), "--data", str(data), "--store", str(store),
-            *CACHE, *extra)
+    run_cli(
+        "cache-teacher",
+        "--teacher",
+        str(teacher),
+        "--data",
+        str(data),
+        "--store",
+        str(store),
+        *CACHE,
+        *extra,
+    )
     return store

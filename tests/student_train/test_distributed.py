@@ -83,7 +83,10 @@ def test_one_group_keeps_the_single_process_batches():
     # Recorded from the sampler before shard groups existed: G = 1 must not move.
     s = ShardAwareSampler(40, 4, np.ones(40, dtype=bool), 5, 0, window_shards=2)
     assert [[r for r, _ in s.batch(i)] for i in (0, 7, 8)] == [
-        [32, 33, 14, 34, 12], [26, 37, 24, 25, 36], [27, 26, 8, 25, 11]]
+        [32, 33, 14, 34, 12],
+        [26, 37, 24, 25, 36],
+        [27, 26, 8, 25, 11],
+    ]
     assert s.batch(0)[0][1] == 4031503310960682583
     assert s.rank_batch(3) == s.batch(3)
 
@@ -91,8 +94,10 @@ def test_one_group_keeps_the_single_process_batches():
 def test_ranks_read_disjoint_shards():
     s = _sampler(groups=4, batch=8)
     for world in (2, 4):
-        owned = [{int(k) for g in s.rank_groups(r, world) for k in s.group_shards(g)}
-                 for r in range(world)]
+        owned = [
+            {int(k) for g in s.rank_groups(r, world) for k in s.group_shards(g)}
+            for r in range(world)
+        ]
         assert set().union(*owned) == set(range(10))
         assert sum(map(len, owned)) == 10  # pairwise disjoint
         for r in range(world):
@@ -123,7 +128,7 @@ def test_grouped_batches_are_a_function_of_seed_and_iteration():
     assert len(set(seeds)) == len(seeds)
     # Each group covers its own rows once per epoch of that group.
     for g in range(2):
-        rows = [r for i in range(5) for r, _ in a.batch(i)[4 * g:4 * g + 4]]  # 20 = one epoch
+        rows = [r for i in range(5) for r, _ in a.batch(i)[4 * g : 4 * g + 4]]  # 20 = one epoch
         owned = {int(k) for k in a.group_shards(g)}
         assert sorted(rows) == sorted(r for r in range(40) if r // 4 in owned)
 
@@ -151,17 +156,25 @@ def _one_line_error(*args: str) -> str:
 def test_global_batch_must_divide_by_the_processes(full_store, tmp_path, monkeypatch):
     for k, v in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}.items():
         monkeypatch.setenv(k, v)
-    err = _one_line_error("--store", str(full_store), "--out", str(tmp_path / "s.pt"),
-                          "batch_size=3")
+    err = _one_line_error(
+        "--store", str(full_store), "--out", str(tmp_path / "s.pt"), "batch_size=3"
+    )
     assert "batch_size=3" in err and "multiple of 2" in err
-    err = _one_line_error("--store", str(full_store), "--out", str(tmp_path / "s.pt"),
-                          "shard_groups=3")
+    err = _one_line_error(
+        "--store", str(full_store), "--out", str(tmp_path / "s.pt"), "shard_groups=3"
+    )
     assert "shard_groups=3" in err and "multiple of the 2 processes" in err
 
 
 def test_shard_groups_need_enough_shards(full_store, tmp_path):
-    err = _one_line_error("--store", str(full_store), "--out", str(tmp_path / "s.pt"),
-                          "batch_size=4", "shard_groups=4")
+    err = _one_line_error(
+        "--store",
+        str(full_store),
+        "--out",
+        str(tmp_path / "s.pt"),
+        "batch_size=4",
+        "shard_groups=4",
+    )
     assert "2 shards for shard_groups=4" in err and "--shard-size" in err
 
 
@@ -170,8 +183,9 @@ def test_world_size_without_torchrun_is_a_clear_error(full_store, tmp_path, monk
         monkeypatch.setenv(k, v)
     for k in ("MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(k, raising=False)
-    err = _one_line_error("--store", str(full_store), "--out", str(tmp_path / "s.pt"),
-                          "batch_size=4")
+    err = _one_line_error(
+        "--store", str(full_store), "--out", str(tmp_path / "s.pt"), "batch_size=4"
+    )
     assert "WORLD_SIZE=2" in err and "torchrun" in err
 
 
@@ -196,23 +210,35 @@ def _heads_and_batches(g: torch.Generator):
     """A segmentation head (BatchNorm, ENet-like class weights) and a detection head (focal
     loss over positives), with a global batch of 4 whose halves differ in positives / labels."""
     torch.manual_seed(0)
-    seg = SegmentationHead({"c3": 8, "c5": 16}, num_classes=3, psp_channels=8, c3_channels=4,
-                           decoder_channels=8, dropout=0.0, class_weights=[0.2, 1.0, 3.0])
+    seg = SegmentationHead(
+        {"c3": 8, "c5": 16},
+        num_classes=3,
+        psp_channels=8,
+        c3_channels=4,
+        decoder_channels=8,
+        dropout=0.0,
+        class_weights=[0.2, 1.0, 3.0],
+    )
     det = DetectionHead({"c3": 8, "c4": 8, "c5": 8}, neck_channels=8, tower_depth=1)
-    seg_feats = {"c3": torch.randn(4, 8, 8, 8, generator=g),
-                 "c5": torch.randn(4, 16, 2, 2, generator=g)}
+    seg_feats = {
+        "c3": torch.randn(4, 8, 8, 8, generator=g),
+        "c5": torch.randn(4, 16, 2, 2, generator=g),
+    }
     labels = torch.randint(0, 3, (4, 64, 64), generator=g)
     labels[:2] = (labels[:2] > 0).long() * 2  # rank 0's half: weights 0.2 / 3.0 only
     det_feats = {f"c{k}": torch.randn(4, 8, 64 >> k, 64 >> k, generator=g) for k in (3, 4, 5)}
-    boxes = [torch.tensor([[8.0, 4.0, 20.0, 40.0], [30.0, 10.0, 46.0, 50.0]]),
-             torch.zeros(0, 4), torch.tensor([[10.0, 10.0, 24.0, 44.0]]), torch.zeros(0, 4)]
+    boxes = [
+        torch.tensor([[8.0, 4.0, 20.0, 40.0], [30.0, 10.0, 46.0, 50.0]]),
+        torch.zeros(0, 4),
+        torch.tensor([[10.0, 10.0, 24.0, 44.0]]),
+        torch.zeros(0, 4),
+    ]
     return seg, det, (seg_feats, {"labels": labels}), (det_feats, {"boxes": boxes})
 
 
 def _take(batch, rows: slice):
     feats, targets = batch
-    return ({k: v[rows] for k, v in feats.items()},
-            {k: v[rows] for k, v in targets.items()})
+    return ({k: v[rows] for k, v in feats.items()}, {k: v[rows] for k, v in targets.items()})
 
 
 def _loss_and_grads(head, batch):
@@ -223,15 +249,18 @@ def _loss_and_grads(head, batch):
     return loss.detach(), [p.grad.clone() for p in head.parameters()]
 
 
-LOSS_RTOL = 2.0 ** -13  # two runs' lambda * sqrt(n) * u, n = 2^14 nonnegative terms, lambda = 8
-GRAD_NORMWISE = 2.0 ** -12  # the same, with sum|terms| up to 2x the tensor's largest gradient
-U32 = 2.0 ** -24  # float32 unit roundoff
+LOSS_RTOL = 2.0**-13  # two runs' lambda * sqrt(n) * u, n = 2^14 nonnegative terms, lambda = 8
+GRAD_NORMWISE = 2.0**-12  # the same, with sum|terms| up to 2x the tensor's largest gradient
+U32 = 2.0**-24  # float32 unit roundoff
 
 
 def _check_batchnorm_statistics(whole: torch.nn.Module, part: torch.nn.Module) -> None:
     """The rank's running statistics (pooled over the ranks) against the one-process ones."""
-    pairs = [(a, b) for a, b in zip(whole.modules(), part.modules(), strict=True)
-             if isinstance(a, torch.nn.BatchNorm2d)]
+    pairs = [
+        (a, b)
+        for a, b in zip(whole.modules(), part.modules(), strict=True)
+        if isinstance(a, torch.nn.BatchNorm2d)
+    ]
     assert all(isinstance(b, distributed.SyncBatchNorm2d) for _, b in pairs)  # none: detection
     for one, rank in pairs:
         assert torch.equal(rank.num_batches_tracked, one.num_batches_tracked)
@@ -239,8 +268,7 @@ def _check_batchnorm_statistics(whole: torch.nn.Module, part: torch.nn.Module) -
         mean = one.running_mean.double() / m
         var = (one.running_var.double() - (1 - m)) / m
         second_moment = var + mean**2  # E[x^2]: the scale of both pooled sums
-        for name, scale in (("running_mean", second_moment.sqrt()),
-                            ("running_var", second_moment)):
+        for name, scale in (("running_mean", second_moment.sqrt()), ("running_var", second_moment)):
             a, b = getattr(one, name).double(), getattr(rank, name).double()
             bound = m * GRAD_NORMWISE * scale + 4 * U32 * a.abs()
             assert bool(((b - a).abs() <= bound).all()), (name, float((b - a).abs().max()))
@@ -285,9 +313,21 @@ def torchrun(out: Path, *args: str, nproc: int = 2) -> subprocess.CompletedProce
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           "--nproc-per-node", str(nproc), "-m", "md.cli", "train-student", "--out", str(out),
-           *TINY, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(nproc),
+        "-m",
+        "md.cli",
+        "train-student",
+        "--out",
+        str(out),
+        *TINY,
+        *args,
+    ]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
@@ -303,6 +343,7 @@ def two_ranks(full_store, tmp_path_factory) -> tuple[Path, str]:
 def _initial_weights(ck: dict) -> dict[str, torch.Tensor]:
     """The student's weights before training: they depend on the seed only (run.py)."""
     from md.models import build_model
+
     torch.manual_seed(ck["config"]["seed"])
     model = build_model("student", ck["task"], **ck["model_args"])
     return model.state_dict()
@@ -313,20 +354,32 @@ def _update_bound(a: torch.Tensor, b: torch.Tensor, start: torch.Tensor) -> tupl
     a, b, start = a.double(), b.double(), start.double()
     update = float((a - start).abs().max())
     ulp = float(torch.finfo(torch.float32).eps) * float(a.abs().max())
-    return float((b - a).abs().max()), 2.0 ** -6 * update + 2 * ulp
+    return float((b - a).abs().max()), 2.0**-6 * update + 2 * ulp
 
 
 def _train_losses(out: Path) -> list[dict]:
-    return [r for r in read_log(out.with_name(out.stem + ".metrics.jsonl"))
-            if r.get("kind", "train") == "train"]
+    return [
+        r
+        for r in read_log(out.with_name(out.stem + ".metrics.jsonl"))
+        if r.get("kind", "train") == "train"
+    ]
 
 
-def test_two_ranks_match_one_process_with_the_same_groups(two_ranks, full_store, synth_det,
-                                                          tmp_path):
+def test_two_ranks_match_one_process_with_the_same_groups(
+    two_ranks, full_store, synth_det, tmp_path
+):
     two, stdout = two_ranks
     one = tmp_path / "one.pt"
-    run_cli("train-student", "--out", str(one), "--store", str(full_store), *TINY, *RUN,
-            "shard_groups=2")
+    run_cli(
+        "train-student",
+        "--out",
+        str(one),
+        "--store",
+        str(full_store),
+        *TINY,
+        *RUN,
+        "shard_groups=2",
+    )
     assert stdout.count("wrote ") == 1  # rank 0 alone reports
     a, b = load_checkpoint(one)["weights"], load_checkpoint(two)["weights"]
     assert a.keys() == b.keys() and not any(k.startswith("module.") for k in b)
@@ -340,7 +393,7 @@ def test_two_ranks_match_one_process_with_the_same_groups(two_ranks, full_store,
     for ra, rb in zip(la, lb, strict=True):
         for key in ("loss/cls", "loss/box", "loss/attention", "loss/semantic", "loss/total"):
             # The step-k loss at weights within 2^-6 of their update (module docstring).
-            bound = 2.0 ** -6 * abs(ra[key] - la[0][key]) + LOSS_RTOL * abs(ra[key])
+            bound = 2.0**-6 * abs(ra[key] - la[0][key]) + LOSS_RTOL * abs(ra[key])
             assert abs(rb[key] - ra[key]) <= bound, (ra["iteration"], key, ra[key], rb[key])
     feed = [r for r in read_log(two.with_name("two.metrics.jsonl")) if r.get("kind") == "loader"]
     assert len(feed) == 1 and feed[0]["world_size"] == 2
@@ -351,21 +404,31 @@ def test_two_ranks_match_one_process_with_the_same_groups(two_ranks, full_store,
         assert two.with_name("two" + suffix).exists()
     assert not two.with_name("two.pt.resume").exists()
     # A normal student checkpoint: md evaluate model reads it as any other.
-    assert "miss_rate" in run_cli("evaluate", "model", str(two), "--data", str(synth_det),
-                                  "--json")
+    assert "miss_rate" in run_cli("evaluate", "model", str(two), "--data", str(synth_det), "--json")
 
 
 def test_the_update_bound_catches_an_unsynced_run(two_ranks, full_store, tmp_path):
     """The bound is tight enough to fail: G = 1 (other global batches) breaks it many times."""
     two, _ = two_ranks
     other = tmp_path / "g1.pt"
-    run_cli("train-student", "--out", str(other), "--store", str(full_store), *TINY, *RUN,
-            "shard_groups=1")
+    run_cli(
+        "train-student",
+        "--out",
+        str(other),
+        "--store",
+        str(full_store),
+        *TINY,
+        *RUN,
+        "shard_groups=1",
+    )
     a, b = load_checkpoint(other)["weights"], load_checkpoint(two)["weights"]
     start = _initial_weights(load_checkpoint(other))
-    ratios = [d / bound for d, bound in (_update_bound(a[k], b[k], start[k])
-                                         for k in a if "num_batches" not in k)]
+    ratios = [
+        d / bound
+        for d, bound in (_update_bound(a[k], b[k], start[k]) for k in a if "num_batches" not in k)
+    ]
     assert max(ratios) > 100, max(ratios)
+
 
 @pytest.mark.slow
 def test_two_rank_resume_reaches_the_uninterrupted_weights(two_ranks, full_store, tmp_path):

@@ -63,7 +63,7 @@ def test_sampler_batches_stay_within_shard_windows():
     s = _sampler(batch=5, window=2)  # windows of 2 shards = 8 samples
     order = s.epoch_order(0)
     shards = order // 4
-    windows = [set(shards[i:i + 8].tolist()) for i in range(0, 40, 8)]
+    windows = [set(shards[i : i + 8].tolist()) for i in range(0, 40, 8)]
     assert all(len(w) == 2 for w in windows)  # each window is two whole shards
     for i in range(8):  # epoch 0 = iterations 0..7 (40 rows, batch 5)
         touched = {r // 4 for r, _ in s.batch(i)}
@@ -100,11 +100,12 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _interior(t: torch.Tensor, m: int) -> torch.Tensor:
-    return t[..., m:t.shape[-2] - m, m:t.shape[-1] - m]
+    return t[..., m : t.shape[-2] - m, m : t.shape[-1] - m]
 
 
-def test_crop_cut_targets_match_teacher_on_cropped_input(full_store, det_teacher, synth_det,
-                                                          capsys):
+def test_crop_cut_targets_match_teacher_on_cropped_input(
+    full_store, det_teacher, synth_det, capsys
+):
     """Cut stored targets vs the teacher's output on the cropped input: they agree away from
     the crop's cut edges (there, the crop's zero padding replaces real context). A window
     shifted by 32 px matches clearly worse, so the cut is aligned, not merely similar."""
@@ -114,19 +115,24 @@ def test_crop_cut_targets_match_teacher_on_cropped_input(full_store, det_teacher
     item = ds[0]
     window = top, left, h, w = 0, 32, 64, 64  # of a 96x80 image: cut edges left and bottom
     with torch.no_grad():
-        out = teacher.forward_features(item["visible"][None, :, top:top + h, left:left + w],
-                                       item["thermal"][None, :, top:top + h, left:left + w])
+        out = teacher.forward_features(
+            item["visible"][None, :, top : top + h, left : left + w],
+            item["thermal"][None, :, top : top + h, left : left + w],
+        )
     stored = store.read([0], names=["features/c3"])["features/c3"][0]
     cut = cut_map(torch.from_numpy(stored), window, 8)
     live = out["features"]["c3"][0]
     assert cut.shape == live.shape == (16, 8, 8)
     interior = _cos(_interior(cut, 2), _interior(live, 2))  # 16 px from every edge
     whole = _cos(cut, live)
-    shifted = _cos(_interior(cut_map(torch.from_numpy(stored), (0, 0, h, w), 8), 2),
-                   _interior(live, 2))
+    shifted = _cos(
+        _interior(cut_map(torch.from_numpy(stored), (0, 0, h, w), 8), 2), _interior(live, 2)
+    )
     with capsys.disabled():
-        print(f"\ncrop consistency, c3 cosine: interior {interior:.4f}, whole window "
-              f"{whole:.4f}, window shifted 32 px {shifted:.4f}")
+        print(
+            f"\ncrop consistency, c3 cosine: interior {interior:.4f}, whole window "
+            f"{whole:.4f}, window shifted 32 px {shifted:.4f}"
+        )
     assert interior > 0.98 and interior > whole
     assert shifted < interior - 0.05
 
@@ -161,8 +167,9 @@ def test_workers_give_the_same_batches(full_store):
     two = list(make_loader(setup, 0, 4, cpu, num_workers=2))
     assert [b["id"] for b in one] == [b["id"] for b in two]
     for a, b in zip(one, two, strict=True):
-        assert torch.equal(a["x"], b["x"]) and torch.equal(a["target/attention/c4"],
-                                                           b["target/attention/c4"])
+        assert torch.equal(a["x"], b["x"]) and torch.equal(
+            a["target/attention/c4"], b["target/attention/c4"]
+        )
         assert a["x"].shape == (2, 6, 64, 64) and a["target/features/c3"].shape[-2:] == (8, 8)
 
 
@@ -177,10 +184,13 @@ def _codec_loss_bound(loss: DistillationLoss, out, live, tolerance) -> dict[str,
     bounds = {}
     for name in ("attention", "semantic"):
         grads = torch.autograd.grad(parts[name], leaves, allow_unused=True, retain_graph=True)
-        first = sum(float((g.abs().double() * tolerance[k][lv]).sum())
-                    for g, (k, lv) in zip(grads, [(k, lv) for k in ("features", "masks")
-                                                  for lv in loss.levels], strict=True)
-                    if g is not None)
+        first = sum(
+            float((g.abs().double() * tolerance[k][lv]).sum())
+            for g, (k, lv) in zip(
+                grads, [(k, lv) for k in ("features", "masks") for lv in loss.levels], strict=True
+            )
+            if g is not None
+        )
         bounds[name] = 2 * first + 2.0**-16 * abs(parts[name].item())
     return bounds
 
@@ -189,21 +199,23 @@ def test_online_targets_equal_stored_targets(full_store, det_teacher, synth_det)
     """Same batch, same flips and crops: live teacher targets == stored ones up to the
     lossless codec (fp16 features, masks in 1/255 steps), and so are the losses. The float32
     slack comes from a float64 run of the same teacher (`tests.fp`), not from one CPU."""
-    common = {"store": str(full_store), "data": str(synth_det), "flip": True, "crop": (64,),
-              **TINY}
+    common = {"store": str(full_store), "data": str(synth_det), "flip": True, "crop": (64,), **TINY}
     offline = prepare(StudentTrainConfig(**common))
     online = prepare(StudentTrainConfig(online_teacher=str(det_teacher), **common))
     teacher64 = copy.deepcopy(online.teacher).double()
     strides = dict(online.model.strides)
     cpu = torch.device("cpu")
-    for b_off, b_on in zip(make_loader(offline, 0, 3, cpu), make_loader(online, 0, 3, cpu),
-                           strict=True):
+    for b_off, b_on in zip(
+        make_loader(offline, 0, 3, cpu), make_loader(online, 0, 3, cpu), strict=True
+    ):
         assert b_off["id"] == b_on["id"]
         stored = stored_targets(b_off, offline.cfg.levels)
         live = live_targets(online.teacher, b_on, strides)
-        exact = live_targets(teacher64, {**b_on, **{k: b_on[k].double() for k in
-                                                     ("teacher/visible", "teacher/thermal")}},
-                             strides)
+        exact = live_targets(
+            teacher64,
+            {**b_on, **{k: b_on[k].double() for k in ("teacher/visible", "teacher/thermal")}},
+            strides,
+        )
         tolerance: dict[str, dict[str, torch.Tensor]] = {"features": {}, "masks": {}}
         for lv in offline.cfg.levels:
             f_s, f_l = stored["features"][lv], live["features"][lv]

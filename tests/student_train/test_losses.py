@@ -98,15 +98,21 @@ def test_focal_mse_weights_grad_pushes_easy_positions_away():
 def test_distillation_loss_switches_and_weights():
     levels = ("c3", "c4")
     torch.manual_seed(0)
-    student = {"features": {lv: torch.rand(2, 4, 3, 3) for lv in levels},
-               "masks": {lv: torch.rand(2, 1, 3, 3) for lv in levels}}
-    teacher = {"features": {lv: torch.rand(2, 4, 3, 3) for lv in levels},
-               "masks": {lv: torch.rand(2, 1, 3, 3) for lv in levels}}
+    student = {
+        "features": {lv: torch.rand(2, 4, 3, 3) for lv in levels},
+        "masks": {lv: torch.rand(2, 1, 3, 3) for lv in levels},
+    }
+    teacher = {
+        "features": {lv: torch.rand(2, 4, 3, 3) for lv in levels},
+        "masks": {lv: torch.rand(2, 1, 3, 3) for lv in levels},
+    }
     full = DistillationLoss(levels, attention_weight=2.0, semantic_weight=0.5)(student, teacher)
-    att = torch.stack([AttentionTransferLoss()(student["masks"][lv], teacher["masks"][lv])
-                       for lv in levels]).mean()
-    sem = torch.stack([FocalMSELoss()(student["features"][lv], teacher["features"][lv])
-                       for lv in levels]).mean()
+    att = torch.stack(
+        [AttentionTransferLoss()(student["masks"][lv], teacher["masks"][lv]) for lv in levels]
+    ).mean()
+    sem = torch.stack(
+        [FocalMSELoss()(student["features"][lv], teacher["features"][lv]) for lv in levels]
+    ).mean()
     # The same per-level losses stacked and averaged as the module does: exact.
     assert torch.equal(full["attention"], att) and torch.equal(full["semantic"], sem)
     assert full["distill"].item() == pytest.approx(2.0 * att.item() + 0.5 * sem.item())
@@ -115,7 +121,8 @@ def test_distillation_loss_switches_and_weights():
     mse = DistillationLoss(levels, attention=False, semantic_loss="mse")(student, teacher)
     assert set(mse) == {"semantic", "distill"}
     assert mse["semantic"].item() == pytest.approx(
-        sum(MSELoss()(student["features"][lv], teacher["features"][lv]).item() for lv in levels) / 2)
+        sum(MSELoss()(student["features"][lv], teacher["features"][lv]).item() for lv in levels) / 2
+    )
 
 
 def test_distillation_loss_passes_the_fmse_softmax_input():

@@ -36,8 +36,9 @@ def test_offline_training_never_needs_the_teacher(det_teacher, synth_det, tmp_pa
     teacher = tmp_path / "teacher.pt"
     shutil.copy(det_teacher, teacher)
     sha = file_sha256(teacher)
-    store = cache(teacher, synth_det, tmp_path / "s.zarr", "--bundle-inputs",
-                  "--thermal-factor", "16")
+    store = cache(
+        teacher, synth_det, tmp_path / "s.zarr", "--bundle-inputs", "--thermal-factor", "16"
+    )
     teacher.unlink()  # offline mode must not load it
     out = tmp_path / "student.pt"
     _train(out, "--store", str(store), "iterations=3", "log_every=1", "flip=false")
@@ -87,14 +88,27 @@ def test_zip_packed_store_trains_to_the_same_weights(plain_store, synth_det, tmp
 
 def test_native_visible_only_student_needs_no_store(synth_det, tmp_path):
     out = tmp_path / "native.pt"
-    _train(out, "--data", str(synth_det), "--no-distill", "--thermal-factor", "none",
-           "iterations=2", "log_every=1")
+    _train(
+        out,
+        "--data",
+        str(synth_det),
+        "--no-distill",
+        "--thermal-factor",
+        "none",
+        "iterations=2",
+        "log_every=1",
+    )
     ck = load_checkpoint(out, model_kind="student")
     assert ck["model_args"]["in_channels"] == 3 and ck["model_args"]["levels"] == []
     assert ck["config"]["thermal_factor"] == "none" and ck["lineage"]["store"] is None
     assert not any(k.startswith("attention") for k in ck["weights"])
     assert set(_losses(tmp_path / "native.metrics.jsonl")[0]) == {
-        "iteration", "lr", "loss/cls", "loss/box", "loss/total"}
+        "iteration",
+        "lr",
+        "loss/cls",
+        "loss/box",
+        "loss/total",
+    }
     res = json.loads(run_cli("evaluate", "model", str(out), "--data", str(synth_det), "--json"))
     assert res["thermal_factor"] == "none" and res["samples"] == 4
 
@@ -107,8 +121,9 @@ def test_native_visible_only_student_needs_no_store(synth_det, tmp_path):
 CODEC_LOSS_RTOL = 2.0**-8
 
 
-def test_online_teacher_first_step_losses_equal_offline(plain_store, det_teacher, synth_det,
-                                                        tmp_path):
+def test_online_teacher_first_step_losses_equal_offline(
+    plain_store, det_teacher, synth_det, tmp_path
+):
     args = ("--store", str(plain_store), "--data", str(synth_det), "iterations=1", "crop=64")
     _train(tmp_path / "off.pt", *args)
     _train(tmp_path / "on.pt", *args, "--online-teacher", str(det_teacher))
@@ -122,8 +137,9 @@ def test_online_teacher_first_step_losses_equal_offline(plain_store, det_teacher
     assert ck["lineage"]["online_teacher"] == str(det_teacher)
 
 
-def test_online_teacher_without_crop_on_unaligned_image_size(plain_store, det_teacher,
-                                                             synth_det, tmp_path):
+def test_online_teacher_without_crop_on_unaligned_image_size(
+    plain_store, det_teacher, synth_det, tmp_path
+):
     # 96x80 is not a multiple of 32: without a crop the whole maps are the targets (no cut),
     # and they equal what the store holds for the same samples.
     args = ("--store", str(plain_store), "--data", str(synth_det), "iterations=1")
@@ -142,15 +158,24 @@ def _one_line_error(out: Path, *args: str) -> str:
 
 
 def test_flip_needs_stored_flipped_views(plain_store, synth_det, tmp_path):
-    err = _one_line_error(tmp_path / "s.pt", "--store", str(plain_store), "--data",
-                          str(synth_det), "flip=true")
+    err = _one_line_error(
+        tmp_path / "s.pt", "--store", str(plain_store), "--data", str(synth_det), "flip=true"
+    )
     assert "flipped views" in err and "flip=false" in err
 
 
-def test_incomplete_store_lists_missing_shards_or_trains_on_written(det_teacher, synth_det,
-                                                                   tmp_path):
-    store = cache(det_teacher, synth_det, tmp_path / "part.zarr", "--bundle-inputs",
-                  "--thermal-factor", "16", "stop_after_shards=1")
+def test_incomplete_store_lists_missing_shards_or_trains_on_written(
+    det_teacher, synth_det, tmp_path
+):
+    store = cache(
+        det_teacher,
+        synth_det,
+        tmp_path / "part.zarr",
+        "--bundle-inputs",
+        "--thermal-factor",
+        "16",
+        "stop_after_shards=1",
+    )
     err = _one_line_error(tmp_path / "s.pt", "--store", str(store))
     assert "shards [1]" in err and "--allow-partial" in err
     out = tmp_path / "partial.pt"
@@ -160,16 +185,31 @@ def test_incomplete_store_lists_missing_shards_or_trains_on_written(det_teacher,
 
 def test_store_from_other_data_is_refused(plain_store, tmp_path):
     other = tmp_path / "other"
-    run_cli("data", "synth", "--task", "detection", "--out", str(other), "--n-train", "8",
-            "--n-test", "1", "--size", "96x80", "--seed", "7")
+    run_cli(
+        "data",
+        "synth",
+        "--task",
+        "detection",
+        "--out",
+        str(other),
+        "--n-train",
+        "8",
+        "--n-test",
+        "1",
+        "--size",
+        "96x80",
+        "--seed",
+        "7",
+    )
     err = _one_line_error(tmp_path / "s.pt", "--store", str(plain_store), "--data", str(other))
     assert "another dataset" in err and str(plain_store) in err
 
 
 def test_level_and_thermal_mismatches_are_refused(det_teacher, synth_det, full_store, tmp_path):
     store = cache(det_teacher, synth_det, tmp_path / "c4.zarr", "--levels", "c4")
-    err = _one_line_error(tmp_path / "s.pt", "--store", str(store), "--data", str(synth_det),
-                          "levels=[c3,c4]")
+    err = _one_line_error(
+        tmp_path / "s.pt", "--store", str(store), "--data", str(synth_det), "levels=[c3,c4]"
+    )
     assert "levels [c4]" in err
     err = _one_line_error(tmp_path / "s.pt", "--store", str(full_store), "--thermal-factor", "4")
     assert "reduced by 16, not by 4" in err
@@ -177,16 +217,19 @@ def test_level_and_thermal_mismatches_are_refused(det_teacher, synth_det, full_s
     assert "channels" in err and "width" in err
 
 
-@pytest.mark.parametrize(("args", "words"), [
-    ((), "pass --store"),
-    (("--no-distill",), "pass --data"),
-    (("--online-teacher", "t.pt", "--store", "s.zarr"), "needs --data"),
-    (("--no-distill", "attention=false", "semantic=false"), "pass --data"),
-    (("--store", "s.zarr", "attention=false", "semantic=false"), "nothing to distil"),
-    (("--store", "s.zarr", "lr=-1"), "'lr': -1 must be > 0"),
-    (("--store", "s.zarr", "batch_size=0"), "'batch_size': 0 must be >= 1"),
-    (("--store", "s.zarr", "iterations=-5"), "'iterations': -5 must be >= 0"),
-])
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        ((), "pass --store"),
+        (("--no-distill",), "pass --data"),
+        (("--online-teacher", "t.pt", "--store", "s.zarr"), "needs --data"),
+        (("--no-distill", "attention=false", "semantic=false"), "pass --data"),
+        (("--store", "s.zarr", "attention=false", "semantic=false"), "nothing to distil"),
+        (("--store", "s.zarr", "lr=-1"), "'lr': -1 must be > 0"),
+        (("--store", "s.zarr", "batch_size=0"), "'batch_size': 0 must be >= 1"),
+        (("--store", "s.zarr", "iterations=-5"), "'iterations': -5 must be >= 0"),
+    ],
+)
 def test_usage_errors_are_one_line(tmp_path, args, words):
     assert words in _one_line_error(tmp_path / "s.pt", *args)
 

@@ -221,4 +221,3 @@ def test_resource_parsing_and_task_keys():
     assert parse_resources("GPU=1, MEM=4e9") == {"GPU": 1.0, "MEM": 4e9}
     assert parse_resources("") == {}
     assert shard_task_key("abc", 3).endswith("-shard-3")
-

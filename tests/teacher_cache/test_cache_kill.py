@@ -65,17 +65,31 @@ def _written(store: Path) -> int:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the writer is a process on Linux")
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_cache_leaves_no_writer_and_resumes_identically(det_teacher, synth_det, tmp_path,
-                                                               sig):
+def test_killed_cache_leaves_no_writer_and_resumes_identically(
+    det_teacher, synth_det, tmp_path, sig
+):
     whole, cut = tmp_path / "whole.zarr", tmp_path / "cut.zarr"
-    args = ["cache-teacher", "--teacher", str(det_teacher), "--data", str(synth_det), "--store",
-            str(cut), "--shard-size", "1", "--batch-size", "1", "writer=process",
-            "progress=false"]
+    args = [
+        "cache-teacher",
+        "--teacher",
+        str(det_teacher),
+        "--data",
+        str(synth_det),
+        "--store",
+        str(cut),
+        "--shard-size",
+        "1",
+        "--batch-size",
+        "1",
+        "writer=process",
+        "progress=false",
+    ]
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
     log = tmp_path / "cache.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", SLOW_CACHE, *args], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SLOW_CACHE, *args], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         deadline = time.monotonic() + 120
         writers: list[int] = []
@@ -110,14 +124,27 @@ def test_killed_cache_leaves_no_writer_and_resumes_identically(det_teacher, synt
     assert verify(cut).ok
 
 
-def test_a_second_writer_is_refused_while_a_cache_runs(det_teacher, other_det_teacher, synth_det,
-                                                       tmp_path):
+def test_a_second_writer_is_refused_while_a_cache_runs(
+    det_teacher, other_det_teacher, synth_det, tmp_path
+):
     """The issue's race: run A caches with teacher T; run B starts `--overwrite` with T2 on the
     same store while A is still writing. B is refused naming A, A finishes, the store is
     T's alone and verifies."""
     store = tmp_path / "s.zarr"
-    args = ["cache-teacher", "--teacher", str(det_teacher), "--data", str(synth_det), "--store",
-            str(store), "--shard-size", "1", "--batch-size", "1", "progress=false"]
+    args = [
+        "cache-teacher",
+        "--teacher",
+        str(det_teacher),
+        "--data",
+        str(synth_det),
+        "--store",
+        str(store),
+        "--shard-size",
+        "1",
+        "--batch-size",
+        "1",
+        "progress=false",
+    ]
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
     log = tmp_path / "a.log"
     with log.open("wb") as out:

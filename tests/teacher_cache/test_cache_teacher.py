@@ -56,16 +56,19 @@ def raw_arrays(url: Path) -> dict[str, np.ndarray]:
     return {name: np.asarray(ts.raw_array(name)[:]) for name in ts.raw_names()}
 
 
-def teacher_on(teacher_path: Path, visible: torch.Tensor, thermal: torch.Tensor,
-               dtype: torch.dtype = torch.float32) -> dict:
+def teacher_on(
+    teacher_path: Path,
+    visible: torch.Tensor,
+    thermal: torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+) -> dict:
     teacher, _ = load_teacher(teacher_path)
     teacher = teacher.to(dtype)
     with torch.inference_mode():
         return teacher.forward_features(visible[None].to(dtype), thermal[None].to(dtype))
 
 
-def assert_lossless_targets(got: dict, name: str, i: int, ref: dict, exact: dict,
-                            lv: str) -> None:
+def assert_lossless_targets(got: dict, name: str, i: int, ref: dict, exact: dict, lv: str) -> None:
     """Stored (cache run, batches of 2) vs a one-image float32 forward: the fp16 codec's step
     and a float32 slack measured against the float64 forward `exact` (tests/fp.py)."""
     live, f64 = ref["features"][lv][0], exact["features"][lv][0]
@@ -73,8 +76,9 @@ def assert_lossless_targets(got: dict, name: str, i: int, ref: dict, exact: dict
     diff = np.abs(got[f"features{name}/{lv}"][i].astype(np.float64) - live.double().numpy())
     assert (diff <= tol).all(), (lv, float((diff / tol).max()))
     m_tol = mask_target_tolerance(ref["masks"][lv][0], exact["masks"][lv][0])
-    np.testing.assert_allclose(got[f"attention{name}/{lv}"][i], ref["masks"][lv][0],
-                               rtol=0, atol=m_tol)
+    np.testing.assert_allclose(
+        got[f"attention{name}/{lv}"][i], ref["masks"][lv][0], rtol=0, atol=m_tol
+    )
 
 
 def test_targets_ids_and_summary(det_teacher, synth_det, tmp_path):
@@ -170,8 +174,9 @@ def test_flip_views_are_the_teacher_on_flipped_images(det_teacher, synth_det, tm
     got = open_store(store).read([5])
     item = open_dataset(synth_det, split="train")[5]
     ref = teacher_on(det_teacher, item["visible"].flip(-1), item["thermal"].flip(-1))
-    exact = teacher_on(det_teacher, item["visible"].flip(-1), item["thermal"].flip(-1),
-                       torch.float64)
+    exact = teacher_on(
+        det_teacher, item["visible"].flip(-1), item["thermal"].flip(-1), torch.float64
+    )
     for lv in ("c3", "c5"):
         flipped = got[f"features_flip/{lv}"][0]
         assert_lossless_targets(got, "_flip", 0, ref, exact, lv)

@@ -45,8 +45,10 @@ def test_writer_stores_every_submitted_shard_and_counts_bytes(tmp_path, writer):
     assert w.bytes_written == sum(b for _, b in seen) == total
     assert shard_stored_bytes(store, 0) == seen[1][1]
     np.testing.assert_allclose(
-        store.read([9])["features/c3"][0], shard(2).arrays["features/c3"][1],
-        rtol=U16, atol=2.0**-25,  # the lossless codec: fp16 round to nearest (subnormal half step)
+        store.read([9])["features/c3"][0],
+        shard(2).arrays["features/c3"][1],
+        rtol=U16,
+        atol=2.0**-25,  # the lossless codec: fp16 round to nearest (subnormal half step)
     )
 
 
@@ -91,7 +93,9 @@ def test_auto_writer_is_a_process_on_linux_outside_daemons(tmp_path, monkeypatch
 
     store = create_store(tmp_path / "s.zarr", SCHEMA)
     with make_writer(store) as w:
-        assert isinstance(w, ProcessShardWriter if sys.platform.startswith("linux") else ShardWriter)
+        assert isinstance(
+            w, ProcessShardWriter if sys.platform.startswith("linux") else ShardWriter
+        )
     monkeypatch.setattr(multiprocessing.current_process(), "daemon", True, raising=False)
     with make_writer(store) as w:  # e.g. a Dask worker: no children allowed
         assert isinstance(w, ShardWriter)

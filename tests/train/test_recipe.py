@@ -79,29 +79,63 @@ def test_run_control_fields_come_from_the_config_declarations():
     shared = {"device", "num_workers", "log_every", "checkpoint_every", "stop_after", "progress"}
     assert RUN_CONTROL_FIELDS == run_control_fields(RunConfig) == shared
     assert run_control_fields(TeacherTrainConfig) == shared
-    assert run_control_fields(StudentTrainConfig) == shared | {"prefetch_factor", "pin_memory",
-                                                               "dist_timeout_s"}
+    assert run_control_fields(StudentTrainConfig) == shared | {
+        "prefetch_factor",
+        "pin_memory",
+        "dist_timeout_s",
+    }
     assert loop_settings(StudentTrainConfig(), 10).run_control == run_control_fields(
-        StudentTrainConfig)
-    config = {"lr": 0.1, "amp": "bf16", "channels_last": True, "stop_after": 3,
-              "prefetch_factor": 4}
+        StudentTrainConfig
+    )
+    config = {
+        "lr": 0.1,
+        "amp": "bf16",
+        "channels_last": True,
+        "stop_after": 3,
+        "prefetch_factor": 4,
+    }
     assert training_identity(config, run_control_fields(StudentTrainConfig)) == {
-        "lr": 0.1, "amp": "bf16", "channels_last": True}
+        "lr": 0.1,
+        "amp": "bf16",
+        "channels_last": True,
+    }
 
 
 def test_loop_settings_come_from_the_config_in_one_place():
     from md.teacher_train import TeacherTrainConfig
     from md.train.loop import loop_settings
 
-    cfg = TeacherTrainConfig(lr=0.5, momentum=0.8, weight_decay=0.2, warmup_iters=50,
-                             warmup_start_lr=0.01, seed=7, amp="bf16", channels_last=True,
-                             log_every=3, checkpoint_every=9, stop_after=4, progress=False)
+    cfg = TeacherTrainConfig(
+        lr=0.5,
+        momentum=0.8,
+        weight_decay=0.2,
+        warmup_iters=50,
+        warmup_start_lr=0.01,
+        seed=7,
+        amp="bf16",
+        channels_last=True,
+        log_every=3,
+        checkpoint_every=9,
+        stop_after=4,
+        progress=False,
+    )
     s = loop_settings(cfg, 20, sync_batchnorm=False, find_unused_parameters=True)
     assert (s.iterations, s.lr, s.momentum, s.weight_decay, s.warmup_start_lr, s.seed) == (
-        20, 0.5, 0.8, 0.2, 0.01, 7)
+        20,
+        0.5,
+        0.8,
+        0.2,
+        0.01,
+        7,
+    )
     assert s.warmup_iters == 20  # never longer than the run
     assert (s.amp, s.channels_last, s.log_every, s.checkpoint_every, s.stop_after) == (
-        "bf16", True, 3, 9, 4)
+        "bf16",
+        True,
+        3,
+        9,
+        4,
+    )
     assert not s.progress and not s.sync_batchnorm and s.find_unused_parameters
 
 

@@ -32,7 +32,8 @@ def test_detection_teacher_writes_checkpoint_log_curve_and_config(synth_det, tmp
     log = read_log(tmp_path / "teacher.metrics.jsonl")
     assert [r["iteration"] for r in log] == [0, 1, 2, 3]
     assert {"loss/total", "loss/cls", "loss/box", "loss/gaff_intra", "loss/gaff_inter"} <= set(
-        log[0])
+        log[0]
+    )
     assert log[0]["lr"] == pytest.approx(1e-6)  # warm-up starts at 1e-6 (MD §4.2)
     assert (tmp_path / "teacher.loss.png").stat().st_size > 1000
     saved = yaml.safe_load((tmp_path / "teacher.config.yaml").read_text())
@@ -60,22 +61,66 @@ def test_resume_reaches_the_same_weights(synth_det, tmp_path):
 def test_resume_refuses_other_options(synth_det, tmp_path):
     out = tmp_path / "t.pt"
     _train(synth_det, out, "--task", "detection", "iterations=4", "stop_after=1")
-    err = run_cli("train-teacher", "--data", str(synth_det), "--out", str(out), *TINY,
-                  "--task", "detection", "iterations=5", "--resume", expect=2)
+    err = run_cli(
+        "train-teacher",
+        "--data",
+        str(synth_det),
+        "--out",
+        str(out),
+        *TINY,
+        "--task",
+        "detection",
+        "iterations=5",
+        "--resume",
+        expect=2,
+    )
     assert "different config (iterations: 4 then, 5 now)" in err
-    err = run_cli("train-teacher", "--data", str(synth_det), "--out", str(tmp_path / "x.pt"),
-                  *TINY, "--task", "detection", "--resume", expect=2)
+    err = run_cli(
+        "train-teacher",
+        "--data",
+        str(synth_det),
+        "--out",
+        str(tmp_path / "x.pt"),
+        *TINY,
+        "--task",
+        "detection",
+        "--resume",
+        expect=2,
+    )
     assert "nothing to resume" in err
 
 
 # TeacherTrainConfig's fields in the order they were saved before the shared RunConfig base
 # (which puts the run fields right after the recipe's): resume files of that time.
 _OLD_FIELD_ORDER = (
-    "iterations", "batch_size", "lr", "momentum", "weight_decay", "warmup_iters",
-    "warmup_start_lr", "seed", "task", "data", "split", "fusion", "width", "levels",
-    "pretrained", "assign", "head_channels", "class_weighting", "class_weights", "hflip",
-    "device", "amp", "channels_last", "num_workers", "log_every", "checkpoint_every",
-    "stop_after", "progress",
+    "iterations",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "warmup_iters",
+    "warmup_start_lr",
+    "seed",
+    "task",
+    "data",
+    "split",
+    "fusion",
+    "width",
+    "levels",
+    "pretrained",
+    "assign",
+    "head_channels",
+    "class_weighting",
+    "class_weights",
+    "hflip",
+    "device",
+    "amp",
+    "channels_last",
+    "num_workers",
+    "log_every",
+    "checkpoint_every",
+    "stop_after",
+    "progress",
 )
 
 
@@ -93,8 +138,18 @@ def test_a_resume_file_with_the_old_field_order_resumes(synth_det, tmp_path):
     payload = {k: v for k, v in ck.items() if k not in ("format", "md_version", "weights_sha256")}
     save_checkpoint(resume, payload)
     assert list(load_checkpoint(resume)["config"]) == list(_OLD_FIELD_ORDER)
-    err = run_cli("train-teacher", "--data", str(synth_det), "--out", str(out), *TINY,
-                  *args, "lr=0.02", "--resume", expect=2)
+    err = run_cli(
+        "train-teacher",
+        "--data",
+        str(synth_det),
+        "--out",
+        str(out),
+        *TINY,
+        *args,
+        "lr=0.02",
+        "--resume",
+        expect=2,
+    )
     assert "different config (lr: 0.01 then, 0.02 now)" in err
     assert "wrote" in _train(synth_det, out, *args, "--resume", "log_every=3")
     assert load_checkpoint(out)["iteration"] == 4
@@ -106,14 +161,34 @@ def test_segmentation_decision_teacher_and_evaluate(synth_seg, tmp_path):
     ck = load_checkpoint(out, task="segmentation", model_kind="decision")
     assert {"visible.trunk.conv1.weight", "thermal.trunk.conv1.weight"} <= set(ck["weights"])
     preds = tmp_path / "preds"
-    res = json.loads(run_cli("evaluate", "model", str(out), "--data", str(synth_seg),
-                             "--save-results", str(preds), "--json"))
+    res = json.loads(
+        run_cli(
+            "evaluate",
+            "model",
+            str(out),
+            "--data",
+            str(synth_seg),
+            "--save-results",
+            str(preds),
+            "--json",
+        )
+    )
     assert set(res["mean_accuracy"]) == {"all", "day", "night"}
     assert 0 <= res["mean_iou"]["all"] <= 100 and res["samples"] == 4
     assert len(list(preds.glob("*.png"))) == 4
     # The predictions on disk score the same through the file-based evaluator.
-    again = json.loads(run_cli("evaluate", "mfnet-predictions", str(preds), "--labels",
-                               str(synth_seg), "--list", str(synth_seg / "test.txt"), "--json"))
+    again = json.loads(
+        run_cli(
+            "evaluate",
+            "mfnet-predictions",
+            str(preds),
+            "--labels",
+            str(synth_seg),
+            "--list",
+            str(synth_seg / "test.txt"),
+            "--json",
+        )
+    )
     assert again["mean_iou"]["all"] == pytest.approx(res["mean_iou"]["all"])
 
 
@@ -121,23 +196,44 @@ def test_evaluate_detection_teacher_and_wrong_task(synth_det, synth_seg, tmp_pat
     out = tmp_path / "t.pt"
     _train(synth_det, out, "--task", "detection", "iterations=2")
     results = tmp_path / "results.txt"
-    res = json.loads(run_cli("evaluate", "model", str(out), "--data", str(synth_det),
-                             "--save-results", str(results), "--latency", "--json"))
+    res = json.loads(
+        run_cli(
+            "evaluate",
+            "model",
+            str(out),
+            "--data",
+            str(synth_det),
+            "--save-results",
+            str(results),
+            "--latency",
+            "--json",
+        )
+    )
     assert set(res["miss_rate"]) == {"all", "day", "night"}
     assert res["latency"]["median_ms"] > 0 and res["latency"]["device"] == "cpu"
     if results.stat().st_size:
         first = results.read_text().splitlines()[0].split(",")
         assert len(first) == 6 and 1 <= int(first[0]) <= 4
-    err = run_cli("evaluate", "model", str(out), "--data", str(synth_det), "--batch-size", "-1",
-                  expect=2)
+    err = run_cli(
+        "evaluate", "model", str(out), "--data", str(synth_det), "--batch-size", "-1", expect=2
+    )
     assert "Invalid value for '--batch-size': -1 is not in the range x>=1" in err
     err = run_cli("evaluate", "model", str(out), "--data", str(synth_seg), expect=2)
     assert "detection checkpoint" in err and "segmentation" in err
 
 
 def test_task_mismatch_with_data_is_one_line(synth_seg, tmp_path):
-    err = run_cli("train-teacher", "--data", str(synth_seg), "--out", str(tmp_path / "t.pt"),
-                  *TINY, "--task", "detection", expect=2)
+    err = run_cli(
+        "train-teacher",
+        "--data",
+        str(synth_seg),
+        "--out",
+        str(tmp_path / "t.pt"),
+        *TINY,
+        "--task",
+        "detection",
+        expect=2,
+    )
     assert "pass --task segmentation" in err and len(err.strip().splitlines()) == 1
 
 
@@ -146,8 +242,16 @@ def test_autocast_and_channels_last_paths_run(synth_det, tmp_path, amp):
     # The CUDA recipe uses autocast + channels_last; CPU autocast exercises the same code path
     # (fp16 also goes through the GradScaler). Numbers on a GPU are for the benchmarks.
     out = tmp_path / f"{amp}.pt"
-    _train(synth_det, out, "--task", "detection", "iterations=2", f"amp={amp}",
-           "channels_last=true", "device=cpu")
+    _train(
+        synth_det,
+        out,
+        "--task",
+        "detection",
+        "iterations=2",
+        f"amp={amp}",
+        "channels_last=true",
+        "device=cpu",
+    )
     ck = load_checkpoint(out)
     assert all(torch.isfinite(v).all() for v in ck["weights"].values() if v.is_floating_point())
 
@@ -158,8 +262,18 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_resumable(synth_det, tmp_pa
     ``*.resume.tmp`` left; once there is space, --resume finishes the run."""
     out = tmp_path / "t.pt"
     (tmp_path / "t.pt.resume.tmp").symlink_to("/dev/full")
-    err = run_cli("train-teacher", "--data", str(synth_det), "--out", str(out), *TINY,
-                  "--task", "detection", "iterations=12", expect=2)
+    err = run_cli(
+        "train-teacher",
+        "--data",
+        str(synth_det),
+        "--out",
+        str(out),
+        *TINY,
+        "--task",
+        "detection",
+        "iterations=12",
+        expect=2,
+    )
     (line,) = err.strip().splitlines()
     assert "t.pt.resume: cannot write the checkpoint: no space left" in line
     assert "then rerun with --resume" in line
@@ -168,25 +282,49 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_resumable(synth_det, tmp_pa
     assert load_checkpoint(out)["iteration"] == 12
 
 
-@pytest.mark.parametrize("override, msg", [
-    ("iterations=-5", "'iterations': -5 must be >= 0"),
-    ("lr=-1", "'lr': -1 must be > 0"),
-    ("lr=nan", "'lr': nan is not a finite number"),
-    ("batch_size=0", "'batch_size': 0 must be >= 1"),
-    ("width=0", "'width': 0 must be > 0"),
-])
+@pytest.mark.parametrize(
+    "override, msg",
+    [
+        ("iterations=-5", "'iterations': -5 must be >= 0"),
+        ("lr=-1", "'lr': -1 must be > 0"),
+        ("lr=nan", "'lr': nan is not a finite number"),
+        ("batch_size=0", "'batch_size': 0 must be >= 1"),
+        ("width=0", "'width': 0 must be > 0"),
+    ],
+)
 def test_out_of_range_config_is_refused_before_any_work(synth_det, tmp_path, override, msg):
     out = tmp_path / "t.pt"
-    err = run_cli("train-teacher", "--data", str(synth_det), "--out", str(out), *TINY,
-                  "--task", "detection", override, expect=2)
+    err = run_cli(
+        "train-teacher",
+        "--data",
+        str(synth_det),
+        "--out",
+        str(out),
+        *TINY,
+        "--task",
+        "detection",
+        override,
+        expect=2,
+    )
     assert msg in err and len(err.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())  # nothing written, not even the config
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_gpu_preset_on_a_cpu_machine_names_device_cpu(synth_det, tmp_path):
-    err = run_cli("train-teacher", "--data", str(synth_det), "--out", str(tmp_path / "t.pt"),
-                  "--preset", "gpu-full", "--task", "detection", "progress=false", expect=2)
+    err = run_cli(
+        "train-teacher",
+        "--data",
+        str(synth_det),
+        "--out",
+        str(tmp_path / "t.pt"),
+        "--preset",
+        "gpu-full",
+        "--task",
+        "detection",
+        "progress=false",
+        expect=2,
+    )
     (line,) = err.strip().splitlines()
     assert "device=cuda, but this machine has no usable CUDA" in line
     assert "pass device=cpu" in line and not list(tmp_path.iterdir())

@@ -39,8 +39,9 @@ def _speeds(x: np.ndarray, preset: str, shard_size: int, repeats: int) -> tuple[
     return max(enc), max(dec)
 
 
-def _preset_summary(feats: dict[str, np.ndarray], preset: str, shard_size: int,
-                    repeats: int) -> dict[str, Any]:
+def _preset_summary(
+    feats: dict[str, np.ndarray], preset: str, shard_size: int, repeats: int
+) -> dict[str, Any]:
     levels = {}
     for lv, x in feats.items():
         fid = measure_fidelity(x, preset, shard_size=shard_size).to_json()
@@ -57,17 +58,27 @@ def _preset_summary(feats: dict[str, np.ndarray], preset: str, shard_size: int,
         "cosine_mean": float(np.mean([v["cosine_mean"] for v in levels.values()])),
         "max_abs_error": max(v["max_abs_error"] for v in levels.values()),
         # time-weighted over levels: total MB / total seconds
-        "encode_mb_s": round(mb / sum(x.nbytes / 1e6 / levels[lv]["encode_mb_s"]
-                                      for lv, x in feats.items()), 2),
-        "decode_mb_s": round(mb / sum(x.nbytes / 1e6 / levels[lv]["decode_mb_s"]
-                                      for lv, x in feats.items()), 2),
+        "encode_mb_s": round(
+            mb / sum(x.nbytes / 1e6 / levels[lv]["encode_mb_s"] for lv, x in feats.items()), 2
+        ),
+        "decode_mb_s": round(
+            mb / sum(x.nbytes / 1e6 / levels[lv]["decode_mb_s"] for lv, x in feats.items()), 2
+        ),
         "levels": levels,
     }
 
 
-def bench_codecs(teacher: str | Path, data: str | Path, *, split: str = "train",
-                 samples: int = 64, shard_size: int = 16, presets: Sequence[str] = tuple(PRESETS),
-                 repeats: int = 3, device: str = "auto") -> dict[str, Any]:
+def bench_codecs(
+    teacher: str | Path,
+    data: str | Path,
+    *,
+    split: str = "train",
+    samples: int = 64,
+    shard_size: int = 16,
+    presets: Sequence[str] = tuple(PRESETS),
+    repeats: int = 3,
+    device: str = "auto",
+) -> dict[str, Any]:
     """``{"presets": {name: {bytes_per_sample, ratio_vs_fp32, cosine, max_abs_error,
     encode_mb_s, decode_mb_s, levels: {...}}}, ...}`` on the teacher's features."""
     feats = teacher_features(teacher, data, split, samples, device=device)

@@ -22,11 +22,13 @@ from md.train.recipe import resolve_device
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def build_models(task: str, width: float, head_channels: int,
-                 head_input: str = "attended") -> dict[str, nn.Module]:
+def build_models(
+    task: str, width: float, head_channels: int, head_input: str = "attended"
+) -> dict[str, nn.Module]:
     """{teacher, md_student (6-ch, all levels), md_student_folded_stem (the same, its
     image-level stem folded to 4 channels: md.models.fold), visible_only_student (3-ch, no
     levels)}."""
+
     def build(kind: str, **kw: Any) -> nn.Module:
         args = model_args(kind, task, width=width, head_channels=head_channels, **kw)
         return build_model(kind, task, **args)
@@ -54,10 +56,18 @@ def _inputs(name: str, size: tuple[int, int], device: torch.device) -> tuple[tor
     return (torch.rand(1, channels, h, w, device=device),)
 
 
-def bench_latency(*, task: str = "detection", size: tuple[int, int] = (640, 512),
-                  width: float = 1.0, head_channels: int = 128, head_input: str = "attended",
-                  device: str = "auto", dtype: str = "float32", warmup: int = 5,
-                  repeats: int = 20) -> dict[str, Any]:
+def bench_latency(
+    *,
+    task: str = "detection",
+    size: tuple[int, int] = (640, 512),
+    width: float = 1.0,
+    head_channels: int = 128,
+    head_input: str = "attended",
+    device: str = "auto",
+    dtype: str = "float32",
+    warmup: int = 5,
+    repeats: int = 20,
+) -> dict[str, Any]:
     """``{"models": {name: {median_ms, min_ms, mean_ms, parameters}}, device, dtype, ...}``.
     ``dtype`` other than float32 runs the forward under autocast."""
     dev = resolve_device(device)
@@ -74,8 +84,15 @@ def bench_latency(*, task: str = "detection", size: tuple[int, int] = (640, 512)
         results[name] = {**stats, "parameters": sum(p.numel() for p in model.parameters())}
         model.to("cpu")
     return {
-        "benchmark": "latency", "task": task, "image_size": list(size), "batch_size": 1,
-        "width": width, "md_student_head_input": head_input, "device": str(dev),
+        "benchmark": "latency",
+        "task": task,
+        "image_size": list(size),
+        "batch_size": 1,
+        "width": width,
+        "md_student_head_input": head_input,
+        "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-        "dtype": dtype, "torch_threads": torch.get_num_threads(), "models": results,
+        "dtype": dtype,
+        "torch_threads": torch.get_num_threads(),
+        "models": results,
     }

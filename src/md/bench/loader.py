@@ -12,11 +12,24 @@ from md.student_train.bench import bench_loader
 from md.student_train.config import PRESETS, StudentTrainConfig
 
 
-def bench_loader_vs_step(*, store: str, data: str | None = None, preset: str | None = None,
-                         overrides: Sequence[str] = (), workers: Sequence[int] = (0, 1, 2),
-                         batches: int = 20, steps: int = 5) -> dict[str, Any]:
+def bench_loader_vs_step(
+    *,
+    store: str,
+    data: str | None = None,
+    preset: str | None = None,
+    overrides: Sequence[str] = (),
+    workers: Sequence[int] = (0, 1, 2),
+    batches: int = 20,
+    steps: int = 5,
+) -> dict[str, Any]:
     """``{loader_samples_per_s: {workers: rate}, step_samples_per_s, fed: {workers: bool},
     ...}`` for the student run `preset` + `overrides` on `store`."""
-    cfg = resolve_config(StudentTrainConfig, presets=PRESETS, preset=preset,
-                         overrides=[*overrides, "progress=false"], store=store, data=data)
+    cfg = resolve_config(
+        StudentTrainConfig,
+        presets=PRESETS,
+        preset=preset,
+        overrides=[*overrides, "progress=false"],
+        store=store,
+        data=data,
+    )
     return {"benchmark": "loader", **bench_loader(cfg, workers, batches=batches, steps=steps)}

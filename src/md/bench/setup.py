@@ -27,14 +27,24 @@ class BenchInputs:
 
 def _check_exists(path: str | None, what: str, option: str) -> None:
     if path and not Path(path).exists() and "://" not in path:
-        raise MdError(f"{path}: {what} not found; pass an existing {option} or leave it out "
-                      "to build a tiny synthetic one")
+        raise MdError(
+            f"{path}: {what} not found; pass an existing {option} or leave it out "
+            "to build a tiny synthetic one"
+        )
 
 
-def ensure_setup(workdir: str | Path, *, data: str | None = None, teacher: str | None = None,
-                 store: str | None = None, task: Task = "detection",
-                 size: tuple[int, int] = (96, 64), n_train: int = 16, n_test: int = 8,
-                 need_store: bool = True) -> BenchInputs:
+def ensure_setup(
+    workdir: str | Path,
+    *,
+    data: str | None = None,
+    teacher: str | None = None,
+    store: str | None = None,
+    task: Task = "detection",
+    size: tuple[int, int] = (96, 64),
+    n_train: int = 16,
+    n_test: int = 8,
+    need_store: bool = True,
+) -> BenchInputs:
     """Use the given paths; build what is missing in `workdir` (data -> teacher -> store)."""
     _check_exists(data, "dataset", "--data")
     _check_exists(teacher, "teacher checkpoint", "--teacher")
@@ -65,16 +75,25 @@ def train_tiny_teacher(data: str, out: str, task: Task, iterations: int = 10) ->
     """A cpu-tiny teacher for `iterations` steps (quiet)."""
     import md.teacher_train as tt
 
-    cfg = resolve_config(tt.TeacherTrainConfig, presets=tt.PRESETS, preset="cpu-tiny",
-                         overrides=[f"iterations={iterations}", "progress=false"],
-                         task=task, data=data)
+    cfg = resolve_config(
+        tt.TeacherTrainConfig,
+        presets=tt.PRESETS,
+        preset="cpu-tiny",
+        overrides=[f"iterations={iterations}", "progress=false"],
+        task=task,
+        data=data,
+    )
     tt.run(cfg, out=out)
 
 
-def cache(teacher: str, data: str, store: str, split: str, codec: str = "lossless",
-          progress: bool = False) -> dict:
+def cache(
+    teacher: str, data: str, store: str, split: str, codec: str = "lossless", progress: bool = False
+) -> dict:
     """`md cache-teacher` of one split into a fresh store; returns its summary."""
     from md.teacher_cache.run import CacheConfig, run
 
-    return run(CacheConfig(teacher=teacher, data=data, split=split, store=store,
-                           codec=codec, progress=progress))  # type: ignore[arg-type]
+    return run(
+        CacheConfig(
+            teacher=teacher, data=data, split=split, store=store, codec=codec, progress=progress
+        )
+    )  # type: ignore[arg-type]

@@ -84,8 +84,10 @@ class RssPeak:
     def report(self) -> dict[str, float | None]:
         if self.start_mb is None or self.peak_mb is None:
             return {"peak_rss_mb": None, "rss_rise_mb": None}
-        return {"peak_rss_mb": round(self.peak_mb, 1),
-                "rss_rise_mb": round(self.peak_mb - self.start_mb, 1)}
+        return {
+            "peak_rss_mb": round(self.peak_mb, 1),
+            "rss_rise_mb": round(self.peak_mb - self.start_mb, 1),
+        }
 
 
 @dataclass
@@ -105,8 +107,9 @@ class _Mode:
 def _mode(cfg: StudentTrainConfig, device: torch.device, n: int, repeat_first: bool) -> _Mode:
     setup = prepare(cfg)
     step = training_step(setup, device)
-    loader = iter(make_loader(setup, 0, 1 if repeat_first else n, device,
-                              num_workers=setup.cfg.num_workers))
+    loader = iter(
+        make_loader(setup, 0, 1 if repeat_first else n, device, num_workers=setup.cfg.num_workers)
+    )
     if not repeat_first:
         return _Mode(step, loader, setup.cfg.channels_last, setup.cfg.width)
     first = to_device(next(loader), device, setup.cfg.channels_last)  # targets on the device
@@ -142,43 +145,68 @@ def _timed_step(m: _Mode, device: torch.device, keep: bool) -> None:
 
 def _report(m: _Mode, device: torch.device) -> dict[str, Any]:
     peak = m.cuda_peak_mb if device.type == "cuda" else m.peak_mb
-    return {"ms": round(statistics.median(m.times), 3), "min_ms": round(min(m.times), 3),
-            "peak_memory_mb": None if peak is None else round(peak, 1),
-            "peak_memory_kind": "cuda_allocated" if device.type == "cuda" else "process_rss",
-            "peak_rss_mb": None if m.peak_mb is None else round(m.peak_mb, 1),
-            "rss_rise_mb": None if m.rise_mb is None else round(m.rise_mb, 1),
-            "width": m.width}
+    return {
+        "ms": round(statistics.median(m.times), 3),
+        "min_ms": round(min(m.times), 3),
+        "peak_memory_mb": None if peak is None else round(peak, 1),
+        "peak_memory_kind": "cuda_allocated" if device.type == "cuda" else "process_rss",
+        "peak_rss_mb": None if m.peak_mb is None else round(m.peak_mb, 1),
+        "rss_rise_mb": None if m.rise_mb is None else round(m.rise_mb, 1),
+        "width": m.width,
+    }
 
 
-def bench_train_step(*, store: str, data: str, teacher: str, preset: str | None = None,
-                     overrides: tuple[str, ...] = (), device: str = "auto", warmup: int = 2,
-                     steps: int = 5) -> dict[str, Any]:
+def bench_train_step(
+    *,
+    store: str,
+    data: str,
+    teacher: str,
+    preset: str | None = None,
+    overrides: tuple[str, ...] = (),
+    device: str = "auto",
+    warmup: int = 2,
+    steps: int = 5,
+) -> dict[str, Any]:
     """``{offline_ms, online_ms, in_memory_ms, peak_memory_mb: {offline, online, in_memory},
     ...}``: one student step per mode (see the module docstring)."""
-    base = resolve_config(StudentTrainConfig, presets=PRESETS, preset=preset,
-                          overrides=[*overrides, "progress=false"], data=data, device=device)
+    base = resolve_config(
+        StudentTrainConfig,
+        presets=PRESETS,
+        preset=preset,
+        overrides=[*overrides, "progress=false"],
+        data=data,
+        device=device,
+    )
     dev = recipe.resolve_device(base.device)
     offline = replace(base, store=store)
     online = replace(base, store="", online_teacher=teacher)
     # enough iterations that the loaders never run dry
     n = warmup + steps
     plans = {"offline": (offline, False), "online": (online, False), "in_memory": (offline, True)}
-    modes = {name: _mode(replace(cfg, iterations=max(cfg.iterations, n)), dev, n, in_memory)
-             for name, (cfg, in_memory) in plans.items()}
+    modes = {
+        name: _mode(replace(cfg, iterations=max(cfg.iterations, n)), dev, n, in_memory)
+        for name, (cfg, in_memory) in plans.items()
+    }
     # Interleaved, one step of each mode per round, in a rotating order: a process's steps
     # speed up over its first minutes (allocator, caches), which timing the modes one after
     # another charged to whichever ran first.
     names = list(modes)
     for i in range(n):
-        for name in names[i % 3:] + names[: i % 3]:
+        for name in names[i % 3 :] + names[: i % 3]:
             _timed_step(modes[name], dev, keep=i >= warmup)
     out = {name: _report(m, dev) for name, m in modes.items()}
     return {
-        "benchmark": "train-step", "device": str(dev), "batch_size": base.batch_size,
-        "thermal_factor": base.thermal_factor, "width": out["offline"]["width"],
-        "steps": steps, "warmup": warmup,
-        "offline_ms": out["offline"]["ms"], "online_ms": out["online"]["ms"],
+        "benchmark": "train-step",
+        "device": str(dev),
+        "batch_size": base.batch_size,
+        "thermal_factor": base.thermal_factor,
+        "width": out["offline"]["width"],
+        "steps": steps,
+        "warmup": warmup,
+        "offline_ms": out["offline"]["ms"],
+        "online_ms": out["online"]["ms"],
         "in_memory_ms": out["in_memory"]["ms"],
         "peak_memory_mb": {k: v["peak_memory_mb"] for k, v in out.items()},
-        "modes": out, "torch_threads": torch.get_num_threads(),
+        "modes": out,
+        "torch_threads": torch.get_num_threads(),
     }

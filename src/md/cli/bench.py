@@ -30,20 +30,45 @@ def bench() -> None:
 def _inputs_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--data/--teacher/--store/--task/--device/--threads/--json, shared by the commands."""
     opts = [
-        click.option("--data", default=None, type=click.Path(file_okay=False),
-                     help="Dataset root (KAIST / MFNet layout); default: tiny synthetic."),
-        click.option("--teacher", default=None, type=click.Path(dir_okay=False),
-                     help="Teacher checkpoint; default: a cpu-tiny teacher trained here."),
-        click.option("--store", default=None,
-                     help="Teacher-target store of DATA's train split; default: cached here."),
-        click.option("--task", type=TASK, default="detection", show_default=True,
-                     help="Task of the synthetic set-up (ignored when --data is given)."),
-        click.option("--device", default="auto", show_default=True,
-                     help="auto | cpu | cuda | cuda:N."),
-        click.option("--threads", type=click.IntRange(min=0), default=0,
-                     help="torch CPU threads (0: torch's default)."),
-        click.option("--json", "as_json", is_flag=True,
-                     help="Print JSON (the only output format; accepted for scripts)."),
+        click.option(
+            "--data",
+            default=None,
+            type=click.Path(file_okay=False),
+            help="Dataset root (KAIST / MFNet layout); default: tiny synthetic.",
+        ),
+        click.option(
+            "--teacher",
+            default=None,
+            type=click.Path(dir_okay=False),
+            help="Teacher checkpoint; default: a cpu-tiny teacher trained here.",
+        ),
+        click.option(
+            "--store",
+            default=None,
+            help="Teacher-target store of DATA's train split; default: cached here.",
+        ),
+        click.option(
+            "--task",
+            type=TASK,
+            default="detection",
+            show_default=True,
+            help="Task of the synthetic set-up (ignored when --data is given).",
+        ),
+        click.option(
+            "--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N."
+        ),
+        click.option(
+            "--threads",
+            type=click.IntRange(min=0),
+            default=0,
+            help="torch CPU threads (0: torch's default).",
+        ),
+        click.option(
+            "--json",
+            "as_json",
+            is_flag=True,
+            help="Print JSON (the only output format; accepted for scripts).",
+        ),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -51,23 +76,35 @@ def _inputs_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @contextlib.contextmanager
-def _setup(data: str | None, teacher: str | None, store: str | None, task: str,
-           need_store: bool = True) -> Iterator[Any]:
+def _setup(
+    data: str | None, teacher: str | None, store: str | None, task: str, need_store: bool = True
+) -> Iterator[Any]:
     """The user's inputs, or a tiny synthetic set-up in a temporary folder (removed after)."""
     from md.bench.setup import ensure_setup
 
     with tempfile.TemporaryDirectory(prefix="md-bench-") as tmp:
         if not (data and teacher and (store or not need_store)):
-            click.echo("building a tiny synthetic set-up (data, cpu-tiny teacher, store) ...",
-                       err=True)
-        yield ensure_setup(tmp, data=data, teacher=teacher, store=store, task=task,  # type: ignore[arg-type]
-                           need_store=need_store)
+            click.echo(
+                "building a tiny synthetic set-up (data, cpu-tiny teacher, store) ...", err=True
+            )
+        yield ensure_setup(
+            tmp,
+            data=data,
+            teacher=teacher,
+            store=store,
+            task=task,  # type: ignore[arg-type]
+            need_store=need_store,
+        )
 
 
 def _emit(report: dict[str, Any], inputs: Any = None) -> None:
     if inputs is not None:
-        report["inputs"] = {"data": inputs.data, "teacher": inputs.teacher,
-                            "store": inputs.store or None, "synthetic": inputs.synthetic}
+        report["inputs"] = {
+            "data": inputs.data,
+            "teacher": inputs.teacher,
+            "store": inputs.store or None,
+            "synthetic": inputs.synthetic,
+        }
     click.echo(json.dumps(report, indent=2))
 
 
@@ -85,110 +122,294 @@ def _threads(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @bench.command("codecs")
 @_inputs_options
-@click.option("--samples", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Samples whose features are encoded.")
-@click.option("--shard-size", type=click.IntRange(min=1), default=16, show_default=True, help="Store shard size.")
-@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Speed rounds (best).")
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Samples whose features are encoded.",
+)
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Store shard size.",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Speed rounds (best).",
+)
 @_threads
-def codecs(data: str | None, teacher: str | None, store: str | None, task: str, device: str,
-           as_json: bool, samples: int, shard_size: int, repeats: int) -> None:
+def codecs(
+    data: str | None,
+    teacher: str | None,
+    store: str | None,
+    task: str,
+    device: str,
+    as_json: bool,
+    samples: int,
+    shard_size: int,
+    repeats: int,
+) -> None:
     """Per codec preset: bytes/sample, ratio vs fp32, cosine, max abs error, MB/s."""
     from md.bench.codecs import bench_codecs
 
     with _setup(data, teacher, store, task, need_store=False) as s:
-        _emit(bench_codecs(s.teacher, s.data, samples=samples, shard_size=shard_size,
-                           repeats=repeats, device=device), s)
+        _emit(
+            bench_codecs(
+                s.teacher,
+                s.data,
+                samples=samples,
+                shard_size=shard_size,
+                repeats=repeats,
+                device=device,
+            ),
+            s,
+        )
 
 
 @bench.command("latency")
 @click.option("--task", type=TASK, default="detection", show_default=True, help="Task head.")
-@click.option("--size", type=_Size(), default="640x512", show_default=True,
-              help="Image size WxH (the paper: 640x512; smaller for quick CPU checks).")
-@click.option("--width", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="Trunk width (1 = the paper's ResNet-18).")
-@click.option("--head-channels", type=click.IntRange(min=1), default=128, show_default=True,
-              help="Neck / PSP channels of the task heads.")
-@click.option("--head-input", type=click.Choice(["attended", "transfer", "trunk"]),
-              default="attended", show_default=True,
-              help="The MD student's head input (trunk: transfer modules are training-only).")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]),
-              default="float32", show_default=True, help="Autocast dtype (float32: none).")
+@click.option(
+    "--size",
+    type=_Size(),
+    default="640x512",
+    show_default=True,
+    help="Image size WxH (the paper: 640x512; smaller for quick CPU checks).",
+)
+@click.option(
+    "--width",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Trunk width (1 = the paper's ResNet-18).",
+)
+@click.option(
+    "--head-channels",
+    type=click.IntRange(min=1),
+    default=128,
+    show_default=True,
+    help="Neck / PSP channels of the task heads.",
+)
+@click.option(
+    "--head-input",
+    type=click.Choice(["attended", "transfer", "trunk"]),
+    default="attended",
+    show_default=True,
+    help="The MD student's head input (trunk: transfer modules are training-only).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Autocast dtype (float32: none).",
+)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
-@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed calls.")
-@click.option("--repeats", type=click.IntRange(min=1), default=20, show_default=True, help="Timed calls.")
-@click.option("--threads", type=click.IntRange(min=0), default=0, help="torch CPU threads (0: torch's default).")
+@click.option(
+    "--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed calls."
+)
+@click.option(
+    "--repeats", type=click.IntRange(min=1), default=20, show_default=True, help="Timed calls."
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=0,
+    help="torch CPU threads (0: torch's default).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the only output format).")
 @_threads
-def latency(task: str, size: tuple[int, int], width: float, head_channels: int, head_input: str,
-            dtype: str, device: str, warmup: int, repeats: int, as_json: bool) -> None:
+def latency(
+    task: str,
+    size: tuple[int, int],
+    width: float,
+    head_channels: int,
+    head_input: str,
+    dtype: str,
+    device: str,
+    warmup: int,
+    repeats: int,
+    as_json: bool,
+) -> None:
     """Batch-1 latency of teacher, MD student and visible-only student (untrained)."""
     from md.bench.latency import bench_latency
 
-    _emit(bench_latency(task=task, size=size, width=width, head_channels=head_channels,
-                        head_input=head_input, device=device, dtype=dtype, warmup=warmup,
-                        repeats=repeats))
+    _emit(
+        bench_latency(
+            task=task,
+            size=size,
+            width=width,
+            head_channels=head_channels,
+            head_input=head_input,
+            device=device,
+            dtype=dtype,
+            warmup=warmup,
+            repeats=repeats,
+        )
+    )
 
 
 @bench.command("train-step", context_settings={"ignore_unknown_options": False})
 @_inputs_options
-@click.option("--preset", type=click.Choice(["cpu-tiny", "cpu-demo", "gpu-full"]), default=None,
-              help="md train-student preset (its width must match the teacher's).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Student batch.")
-@click.option("--steps", type=click.IntRange(min=1), default=5, show_default=True, help="Timed steps per mode.")
-@click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True, help="Untimed steps.")
+@click.option(
+    "--preset",
+    type=click.Choice(["cpu-tiny", "cpu-demo", "gpu-full"]),
+    default=None,
+    help="md train-student preset (its width must match the teacher's).",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Student batch."
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Timed steps per mode.",
+)
+@click.option(
+    "--warmup", type=click.IntRange(min=0), default=2, show_default=True, help="Untimed steps."
+)
 @click.argument("overrides", nargs=-1)
 @_threads
-def train_step(data: str | None, teacher: str | None, store: str | None, task: str,
-               device: str, as_json: bool, preset: str | None, batch_size: int, steps: int,
-               warmup: int, overrides: tuple[str, ...]) -> None:
+def train_step(
+    data: str | None,
+    teacher: str | None,
+    store: str | None,
+    task: str,
+    device: str,
+    as_json: bool,
+    preset: str | None,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    overrides: tuple[str, ...],
+) -> None:
     """Student step ms: offline (store), online (live teacher), in memory; peak memory.
     OVERRIDES are md train-student key=value fields."""
     from md.bench.train_step import bench_train_step
 
     with _setup(data, teacher, store, task) as s:
-        _emit(bench_train_step(store=s.store, data=s.data, teacher=s.teacher, preset=preset,
-                               overrides=(f"batch_size={batch_size}", *overrides),
-                               device=device, warmup=warmup, steps=steps), s)
+        _emit(
+            bench_train_step(
+                store=s.store,
+                data=s.data,
+                teacher=s.teacher,
+                preset=preset,
+                overrides=(f"batch_size={batch_size}", *overrides),
+                device=device,
+                warmup=warmup,
+                steps=steps,
+            ),
+            s,
+        )
 
 
 @bench.command("loader")
 @_inputs_options
-@click.option("--preset", type=click.Choice(["cpu-tiny", "cpu-demo", "gpu-full"]), default=None,
-              help="md train-student preset.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Student batch.")
+@click.option(
+    "--preset",
+    type=click.Choice(["cpu-tiny", "cpu-demo", "gpu-full"]),
+    default=None,
+    help="md train-student preset.",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Student batch."
+)
 @click.option("--workers", default="0,1,2", show_default=True, help="Worker counts to time.")
-@click.option("--batches", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Timed loader batches per worker count.")
-@click.option("--steps", type=click.IntRange(min=1), default=5, show_default=True, help="Timed training steps.")
+@click.option(
+    "--batches",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Timed loader batches per worker count.",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Timed training steps.",
+)
 @click.argument("overrides", nargs=-1)
 @_threads
-def loader(data: str | None, teacher: str | None, store: str | None, task: str, device: str,
-           as_json: bool, preset: str | None, batch_size: int, workers: str, batches: int,
-           steps: int, overrides: tuple[str, ...]) -> None:
+def loader(
+    data: str | None,
+    teacher: str | None,
+    store: str | None,
+    task: str,
+    device: str,
+    as_json: bool,
+    preset: str | None,
+    batch_size: int,
+    workers: str,
+    batches: int,
+    steps: int,
+    overrides: tuple[str, ...],
+) -> None:
     """Loader samples/s per worker count vs the training step's samples/s."""
     from md.bench.loader import bench_loader_vs_step
 
     counts = [int(w) for w in workers.split(",") if w.strip()]
     with _setup(data, teacher, store, task) as s:
-        _emit(bench_loader_vs_step(
-            store=s.store, data=s.data, preset=preset,
-            overrides=(f"batch_size={batch_size}", f"device={device}", *overrides),
-            workers=counts, batches=batches, steps=steps), s)
+        _emit(
+            bench_loader_vs_step(
+                store=s.store,
+                data=s.data,
+                preset=preset,
+                overrides=(f"batch_size={batch_size}", f"device={device}", *overrides),
+                workers=counts,
+                batches=batches,
+                steps=steps,
+            ),
+            s,
+        )
 
 
 @bench.command("cache")
 @_inputs_options
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Teacher batch.")
-@click.option("--shard-size", type=click.IntRange(min=1), default=16, show_default=True, help="Store shard size.")
-@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Interleaved rounds (the best of each is kept).")
-@click.option("--dask-workers", default="", show_default=False,
-              help="Also time Dask runs on local clusters of these worker counts, e.g. 1,2 "
-                   "(adds a 'dask' section: samples/s vs the single process).")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Teacher batch."
+)
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Store shard size.",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Interleaved rounds (the best of each is kept).",
+)
+@click.option(
+    "--dask-workers",
+    default="",
+    show_default=False,
+    help="Also time Dask runs on local clusters of these worker counts, e.g. 1,2 "
+    "(adds a 'dask' section: samples/s vs the single process).",
+)
 @_threads
-def cache(data: str | None, teacher: str | None, store: str | None, task: str, device: str,
-          as_json: bool, batch_size: int, shard_size: int, repeats: int,
-          dask_workers: str) -> None:
+def cache(
+    data: str | None,
+    teacher: str | None,
+    store: str | None,
+    task: str,
+    device: str,
+    as_json: bool,
+    batch_size: int,
+    shard_size: int,
+    repeats: int,
+    dask_workers: str,
+) -> None:
     """md cache-teacher samples/s vs the teacher's forward-only samples/s (and, with
     --dask-workers, vs Dask runs of 1, 2, ... worker processes)."""
     from md.bench.cache import bench_cache, bench_cache_dask
@@ -196,15 +417,28 @@ def cache(data: str | None, teacher: str | None, store: str | None, task: str, d
     try:
         counts = [int(w) for w in dask_workers.split(",") if w.strip()]
     except ValueError:
-        raise click.BadParameter("comma-separated worker counts, e.g. 1,2",
-                                 param_hint="--dask-workers") from None
+        raise click.BadParameter(
+            "comma-separated worker counts, e.g. 1,2", param_hint="--dask-workers"
+        ) from None
     if any(n < 1 for n in counts):
         raise click.BadParameter("worker counts must be >= 1", param_hint="--dask-workers")
     with _setup(data, teacher, store, task, need_store=False) as s:
-        report = bench_cache(s.teacher, s.data, batch_size=batch_size, shard_size=shard_size,
-                             repeats=repeats, device=device)
+        report = bench_cache(
+            s.teacher,
+            s.data,
+            batch_size=batch_size,
+            shard_size=shard_size,
+            repeats=repeats,
+            device=device,
+        )
         if counts:
-            report["dask"] = bench_cache_dask(s.teacher, s.data, batch_size=batch_size,
-                                              shard_size=shard_size, workers=counts,
-                                              repeats=repeats, device=device)
+            report["dask"] = bench_cache_dask(
+                s.teacher,
+                s.data,
+                batch_size=batch_size,
+                shard_size=shard_size,
+                workers=counts,
+                repeats=repeats,
+                device=device,
+            )
         _emit(report, s)

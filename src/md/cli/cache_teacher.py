@@ -50,7 +50,9 @@ from md.config import resolve_config
     default=None,
     help="Samples per shard: the unit of writing and resuming [16].",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Teacher batch size [8].")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=None, help="Teacher batch size [8]."
+)
 @click.option(
     "--flip-views",
     is_flag=True,
@@ -82,7 +84,9 @@ from md.config import resolve_config
     default=None,
     help="bf16 autocast of the teacher forward [none: fp32].",
 )
-@click.option("--num-workers", type=click.IntRange(min=0), default=None, help="DataLoader processes [0].")
+@click.option(
+    "--num-workers", type=click.IntRange(min=0), default=None, help="DataLoader processes [0]."
+)
 @click.option(
     "--scheduler",
     default=None,

@@ -53,7 +53,13 @@ class _Size(click.ParamType):
     show_default=True,
     help="Samples in train.txt (even indices day, odd night).",
 )
-@click.option("--n-test", type=click.IntRange(min=1), default=32, show_default=True, help="Samples in test.txt.")
+@click.option(
+    "--n-test",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Samples in test.txt.",
+)
 @click.option(
     "--size",
     type=_Size(),

@@ -44,13 +44,24 @@ def training_options(fn: F) -> F:
     """--preset / --config / --resume / --json and key=value OVERRIDES, shared by every
     training command (train-teacher, train-student) so they cannot drift apart."""
     decorators = [
-        click.option("--preset", type=click.Choice(["cpu-tiny", "cpu-demo", "gpu-full"]),
-                     default=None, help="Size preset: cpu-tiny (seconds), cpu-demo (the demo), "
-                                        "gpu-full (the paper)."),
-        click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-                     help="YAML file of config fields (applied after the preset)."),
-        click.option("--resume", is_flag=True,
-                     help="Continue an interrupted run from OUT.resume (same data and options)."),
+        click.option(
+            "--preset",
+            type=click.Choice(["cpu-tiny", "cpu-demo", "gpu-full"]),
+            default=None,
+            help="Size preset: cpu-tiny (seconds), cpu-demo (the demo), gpu-full (the paper).",
+        ),
+        click.option(
+            "--config",
+            "config_file",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="YAML file of config fields (applied after the preset).",
+        ),
+        click.option(
+            "--resume",
+            is_flag=True,
+            help="Continue an interrupted run from OUT.resume (same data and options).",
+        ),
         click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON."),
         click.argument("overrides", nargs=-1),
     ]

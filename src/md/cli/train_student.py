@@ -15,31 +15,73 @@ def _thermal(value: str | None) -> int | str | None:
 
 
 @click.command("train-student")
-@click.option("--store", "store_url", default=None,
-              help="Teacher-target store from md cache-teacher (directory, .zip or URL).")
-@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
-              help="Dataset root (KAIST or MFNet layout); optional when the store bundles "
-                   "the inputs and labels.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="Checkpoint to write (e.g. student.pt); logs and config go beside it.")
-@click.option("--task", type=click.Choice(["detection", "segmentation"]), default=None,
-              help="Task; by default the store's (or the dataset's).")
-@click.option("--thermal-factor", type=click.Choice(["1", "4", "16", "64", "none"]),
-              default=None, help="Thermal pixel reduction (side ÷ 1, 2, 4, 8; default 16, the "
-                                 "paper's practical case); none = visible-only student.")
-@click.option("--no-distill", is_flag=True,
-              help="Task loss only: the native image-level (or visible-only) student; no store "
-                   "needed.")
-@click.option("--online-teacher", type=click.Path(dir_okay=False), default=None,
-              help="Compute the targets live with this teacher checkpoint (needs --data): the "
-                   "comparison point for offline speed.")
-@click.option("--allow-partial", is_flag=True, default=None,
-              help="Train on the written samples of an incomplete store.")
+@click.option(
+    "--store",
+    "store_url",
+    default=None,
+    help="Teacher-target store from md cache-teacher (directory, .zip or URL).",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Dataset root (KAIST or MFNet layout); optional when the store bundles "
+    "the inputs and labels.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Checkpoint to write (e.g. student.pt); logs and config go beside it.",
+)
+@click.option(
+    "--task",
+    type=click.Choice(["detection", "segmentation"]),
+    default=None,
+    help="Task; by default the store's (or the dataset's).",
+)
+@click.option(
+    "--thermal-factor",
+    type=click.Choice(["1", "4", "16", "64", "none"]),
+    default=None,
+    help="Thermal pixel reduction (side ÷ 1, 2, 4, 8; default 16, the "
+    "paper's practical case); none = visible-only student.",
+)
+@click.option(
+    "--no-distill",
+    is_flag=True,
+    help="Task loss only: the native image-level (or visible-only) student; no store needed.",
+)
+@click.option(
+    "--online-teacher",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Compute the targets live with this teacher checkpoint (needs --data): the "
+    "comparison point for offline speed.",
+)
+@click.option(
+    "--allow-partial",
+    is_flag=True,
+    default=None,
+    help="Train on the written samples of an incomplete store.",
+)
 @training_options
-def train_student(store_url: str | None, data_dir: str | None, out: str, task: str | None,
-                  thermal_factor: str | None, no_distill: bool, online_teacher: str | None,
-                  allow_partial: bool | None, preset: str | None, config_file: str | None,
-                  resume: bool, as_json: bool, overrides: tuple[str, ...]) -> None:
+def train_student(
+    store_url: str | None,
+    data_dir: str | None,
+    out: str,
+    task: str | None,
+    thermal_factor: str | None,
+    no_distill: bool,
+    online_teacher: str | None,
+    allow_partial: bool | None,
+    preset: str | None,
+    config_file: str | None,
+    resume: bool,
+    as_json: bool,
+    overrides: tuple[str, ...],
+) -> None:
     """Train a student. OVERRIDES are key=value config fields, e.g. iterations=30
     semantic_loss=mse attention=false flip=true crop=256.
 
@@ -48,19 +90,30 @@ def train_student(store_url: str | None, data_dir: str | None, out: str, task: s
     batch_size / N); each process reads its own shards of the store; rank 0 writes OUT."""
     from md import student_train as student
 
-    cfg = resolve_config(student.StudentTrainConfig, presets=student.PRESETS, preset=preset,
-                         config_file=config_file, overrides=overrides, task=task,
-                         data=data_dir, store=store_url, thermal_factor=_thermal(thermal_factor),
-                         distill=False if no_distill else None, online_teacher=online_teacher,
-                         allow_partial=allow_partial or None)
+    cfg = resolve_config(
+        student.StudentTrainConfig,
+        presets=student.PRESETS,
+        preset=preset,
+        config_file=config_file,
+        overrides=overrides,
+        task=task,
+        data=data_dir,
+        store=store_url,
+        thermal_factor=_thermal(thermal_factor),
+        distill=False if no_distill else None,
+        online_teacher=online_teacher,
+        allow_partial=allow_partial or None,
+    )
     done = student.run(cfg, out=out, resume=resume)
     if done.rank != 0:  # under torchrun rank 0 speaks for the job
         return
     if as_json:
         click.echo(json.dumps(done.summary(), indent=2))
     elif done.loop.completed:
-        click.echo(f"wrote {done.out} ({done.loop.iteration} iterations, "
-                   f"{done.loop.seconds:.1f} s on {done.device}, {done.mode}; "
-                   f"loader wait {100 * done.loader['wait_fraction']:.0f}% of the loop)")
+        click.echo(
+            f"wrote {done.out} ({done.loop.iteration} iterations, "
+            f"{done.loop.seconds:.1f} s on {done.device}, {done.mode}; "
+            f"loader wait {100 * done.loader['wait_fraction']:.0f}% of the loop)"
+        )
     else:
         click.echo(f"stopped at iteration {done.loop.iteration}; continue with --resume")

@@ -28,7 +28,14 @@ from md.errors import DataError
 
 # MFNet label values 0..8, in order (Ha et al. 2017; RTFNet / MD Table 6 use the same).
 CLASSES = (
-    "unlabeled", "car", "person", "bike", "curve", "car_stop", "guardrail", "color_cone",
+    "unlabeled",
+    "car",
+    "person",
+    "bike",
+    "curve",
+    "car_stop",
+    "guardrail",
+    "color_cone",
     "bump",
 )
 NUM_CLASSES = len(CLASSES)  # 0 unlabeled .. 8 bump

@@ -31,8 +31,12 @@ from md.train.recipe import resolve_device
 THERMAL_NONE = 0  # sentinel for "visible-only" in --thermal-factor
 
 
-def model_inputs(model: nn.Module, kind: str, batch: dict[str, Any], thermal_factor: int,
-                 ) -> tuple[torch.Tensor, ...]:
+def model_inputs(
+    model: nn.Module,
+    kind: str,
+    batch: dict[str, Any],
+    thermal_factor: int,
+) -> tuple[torch.Tensor, ...]:
     """The forward arguments of `model` for a batch (thermal reduced by `thermal_factor`)."""
     visible, thermal = batch["visible"], batch["thermal"]
     if thermal_factor != 1 and thermal_factor != THERMAL_NONE:
@@ -49,8 +53,9 @@ def _head(model: nn.Module) -> Any:
     return head if head is not None else model.visible.head  # type: ignore[union-attr]
 
 
-def predict_batches(model: nn.Module, kind: str, loader: DataLoader, thermal_factor: int,
-                    device: torch.device) -> Iterator[tuple[dict[str, Any], Any]]:
+def predict_batches(
+    model: nn.Module, kind: str, loader: DataLoader, thermal_factor: int, device: torch.device
+) -> Iterator[tuple[dict[str, Any], Any]]:
     """Yields (batch, predictions): detection lists of {boxes, scores}; segmentation (B,H,W)."""
     head = _head(model)
     with torch.inference_mode():
@@ -69,16 +74,25 @@ def default_thermal_factor(ckpt: dict[str, Any]) -> int:
     return THERMAL_NONE if tf in (None, "none", THERMAL_NONE) else int(tf)
 
 
-def evaluate_model(ckpt_path: str | Path, data: str | Path, *, split: str | None = "test",
-                   thermal_factor: int | None = None, save_results: str | Path | None = None,
-                   batch_size: int = 8, device: str = "auto",
-                   latency: bool = False) -> dict[str, Any]:
+def evaluate_model(
+    ckpt_path: str | Path,
+    data: str | Path,
+    *,
+    split: str | None = "test",
+    thermal_factor: int | None = None,
+    save_results: str | Path | None = None,
+    batch_size: int = 8,
+    device: str = "auto",
+    latency: bool = False,
+) -> dict[str, Any]:
     """Score a checkpoint on a dataset split; see the module docstring for what is returned."""
     model, ckpt = load_model(ckpt_path)
     ds = open_dataset(data, split=split)
     if ds.task != ckpt["task"]:
-        raise MdError(f"{ckpt_path}: a {ckpt['task']} checkpoint cannot be evaluated on "
-                      f"{data} ({ds.layout} layout, {ds.task}); use a {ds.task} checkpoint")
+        raise MdError(
+            f"{ckpt_path}: a {ckpt['task']} checkpoint cannot be evaluated on "
+            f"{data} ({ds.layout} layout, {ds.task}); use a {ds.task} checkpoint"
+        )
     tf = default_thermal_factor(ckpt) if thermal_factor is None else thermal_factor
     dev = resolve_device(device)
     model.to(dev)
@@ -89,44 +103,68 @@ def evaluate_model(ckpt_path: str | Path, data: str | Path, *, split: str | None
         result = _score_detection(ds, stream, save_results)
     else:
         result = _score_segmentation(stream, save_results)
-    result.update({"checkpoint": str(ckpt_path), "checkpoint_sha256": file_sha256(ckpt_path),
-                   "model_kind": kind, "task": ds.task, "split": split, "samples": len(ds),
-                   "thermal_factor": "none" if tf == THERMAL_NONE else tf})
+    result.update(
+        {
+            "checkpoint": str(ckpt_path),
+            "checkpoint_sha256": file_sha256(ckpt_path),
+            "model_kind": kind,
+            "task": ds.task,
+            "split": split,
+            "samples": len(ds),
+            "thermal_factor": "none" if tf == THERMAL_NONE else tf,
+        }
+    )
     if latency:
         result["latency"] = measure_latency(model, kind, ds[0], tf, dev)
     return result
 
 
-def _score_detection(ds: Any, stream: Iterator[tuple[dict[str, Any], Any]],
-                     save_results: str | Path | None) -> dict[str, Any]:
+def _score_detection(
+    ds: Any, stream: Iterator[tuple[dict[str, Any], Any]], save_results: str | Path | None
+) -> dict[str, Any]:
     dets, gts, groups, size = [], [], [], None
     for batch, preds in stream:
         size = tuple(batch["visible"].shape[-2:][::-1])  # (W, H)
         for i, p in enumerate(preds):
-            dets.append(kaist.ImageDetections(p["boxes"].cpu().numpy().astype(np.float64),
-                                              p["scores"].cpu().numpy().astype(np.float64)))
+            dets.append(
+                kaist.ImageDetections(
+                    p["boxes"].cpu().numpy().astype(np.float64),
+                    p["scores"].cpu().numpy().astype(np.float64),
+                )
+            )
             boxes = batch["boxes"][i].numpy().astype(np.float64)
-            gts.append(kaist.ImageGroundTruth(
-                boxes, ignore=batch["box_ignore"][i].numpy(),
-                occlusion=batch["box_occlusion"][i].numpy(),
-                height=boxes[:, 3] - boxes[:, 1]))
+            gts.append(
+                kaist.ImageGroundTruth(
+                    boxes,
+                    ignore=batch["box_ignore"][i].numpy(),
+                    occlusion=batch["box_occlusion"][i].numpy(),
+                    height=boxes[:, 3] - boxes[:, 1],
+                )
+            )
             groups.append(batch["group"][i])
     setting = kaist.ReasonableSetting(image_size=(int(size[0]), int(size[1])))  # type: ignore[index]
-    matches = kaist.match_detections(kaist.annotations_from_arrays(gts),
-                                     kaist.detections_from_arrays(dets), setting)
+    matches = kaist.match_detections(
+        kaist.annotations_from_arrays(gts), kaist.detections_from_arrays(dets), setting
+    )
     rates: dict[str, float | None] = {}
     for subset in ("all", "day", "night"):
-        idx = np.arange(len(groups)) if subset == "all" else np.flatnonzero(
-            np.asarray(groups) == subset)
+        idx = (
+            np.arange(len(groups))
+            if subset == "all"
+            else np.flatnonzero(np.asarray(groups) == subset)
+        )
         rates[subset] = kaist.log_average_miss_rate(matches, idx) if len(idx) else None
     if save_results is not None:
         kaist.write_results(save_results, dets)
-    return {"miss_rate": rates, "setting": {"image_size": list(setting.image_size),
-                                            "min_height": setting.height_threshold}}
+    return {
+        "miss_rate": rates,
+        "setting": {"image_size": list(setting.image_size), "min_height": setting.height_threshold},
+    }
 
 
-def _score_segmentation(stream: Iterator[tuple[dict[str, Any], Any]],
-                        save_results: str | Path | None) -> dict[str, Any]:
+def _score_segmentation(
+    stream: Iterator[tuple[dict[str, Any], Any]], save_results: str | Path | None
+) -> dict[str, Any]:
     names, labels, preds = [], [], []
     out_dir = Path(save_results) if save_results is not None else None
     if out_dir is not None:
@@ -142,11 +180,16 @@ def _score_segmentation(stream: Iterator[tuple[dict[str, Any], Any]],
     return dict(mfnet.evaluate_arrays(names, labels, preds))
 
 
-def measure_latency(model: nn.Module, kind: str, sample: dict[str, Any], thermal_factor: int,
-                    device: torch.device) -> dict[str, Any]:
+def measure_latency(
+    model: nn.Module, kind: str, sample: dict[str, Any], thermal_factor: int, device: torch.device
+) -> dict[str, Any]:
     """Batch-1 latency of the model's forward on one sample (fp32)."""
     batch = collate([sample])
     args = [a.to(device) for a in model_inputs(model, kind, batch, thermal_factor)]
     stats = latency_ms(lambda: model(*args), device)
-    return {**stats, "device": str(device), "dtype": "float32",
-            "image_size": list(batch["visible"].shape[-2:])}
+    return {
+        **stats,
+        "device": str(device),
+        "dtype": "float32",
+        "image_size": list(batch["visible"].shape[-2:]),
+    }

@@ -20,8 +20,9 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def latency_ms(fn: Callable[[], Any], device: torch.device, *, warmup: int = 5,
-               repeats: int = 20) -> dict[str, float]:
+def latency_ms(
+    fn: Callable[[], Any], device: torch.device, *, warmup: int = 5, repeats: int = 20
+) -> dict[str, float]:
     """Median / min / mean milliseconds of `fn()` over `repeats` synchronised calls."""
     for _ in range(warmup):
         fn()
@@ -32,5 +33,9 @@ def latency_ms(fn: Callable[[], Any], device: torch.device, *, warmup: int = 5,
         fn()
         _sync(device)
         times.append((time.perf_counter() - t0) * 1e3)
-    return {"median_ms": statistics.median(times), "min_ms": min(times),
-            "mean_ms": statistics.fmean(times), "repeats": float(repeats)}
+    return {
+        "median_ms": statistics.median(times),
+        "min_ms": min(times),
+        "mean_ms": statistics.fmean(times),
+        "repeats": float(repeats),
+    }

@@ -43,8 +43,9 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def load_checkpoint(path: str | Path, *, task: str | None = None,
-                    model_kind: str | None = None) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, *, task: str | None = None, model_kind: str | None = None
+) -> dict[str, Any]:
     """Load and verify a checkpoint; `task` / `model_kind` refuse one made for something else."""
     path = Path(path)
     if not path.is_file():
@@ -58,9 +59,11 @@ def load_checkpoint(path: str | Path, *, task: str | None = None,
     if weights_sha256(ckpt["weights"]) != ckpt.get("weights_sha256"):
         raise MdError(f"{path}: weights do not match their sha256; the file is damaged")
     if task is not None and ckpt.get("task") != task:
-        raise MdError(f"{path}: checkpoint is for {ckpt.get('task')}, not {task}; "
-                      f"use a {task} checkpoint")
+        raise MdError(
+            f"{path}: checkpoint is for {ckpt.get('task')}, not {task}; use a {task} checkpoint"
+        )
     if model_kind is not None and ckpt.get("model_kind") != model_kind:
-        raise MdError(f"{path}: checkpoint holds a {ckpt.get('model_kind')} model, "
-                      f"not a {model_kind}")
+        raise MdError(
+            f"{path}: checkpoint holds a {ckpt.get('model_kind')} model, not a {model_kind}"
+        )
     return ckpt

@@ -46,8 +46,9 @@ def num_classes(task: str) -> int:
     return MFNET_CLASSES if task == "segmentation" else 1
 
 
-def head_kwargs(task: str, channels: int, assign: str = "iou",
-                class_weights: tuple[float, ...] = ()) -> dict[str, Any]:
+def head_kwargs(
+    task: str, channels: int, assign: str = "iou", class_weights: tuple[float, ...] = ()
+) -> dict[str, Any]:
     """Task-head options shared by teachers and students (same head on both sides)."""
     if task == "detection":
         return {"assign": assign, "neck_channels": channels}
@@ -57,10 +58,18 @@ def head_kwargs(task: str, channels: int, assign: str = "iou",
     return out
 
 
-def model_args(kind: str, task: str, *, width: float, head_channels: int,
-               levels: Sequence[str] = (), assign: str = "iou",
-               class_weights: tuple[float, ...] = (), in_channels: int = 6,
-               head_input: str = "attended") -> dict[str, Any]:
+def model_args(
+    kind: str,
+    task: str,
+    *,
+    width: float,
+    head_channels: int,
+    levels: Sequence[str] = (),
+    assign: str = "iou",
+    class_weights: tuple[float, ...] = (),
+    in_channels: int = 6,
+    head_input: str = "attended",
+) -> dict[str, Any]:
     """Constructor arguments saved in the checkpoint so `load_model` can rebuild the model.
 
     ``levels``: the teacher's GAFF levels or the student's distilled ones (the decision-level
@@ -70,10 +79,15 @@ def model_args(kind: str, task: str, *, width: float, head_channels: int,
         raise MdError(f"model kind must be one of {sorted(MODEL_KINDS)}, got {kind!r}")
     heads = head_kwargs(task, head_channels, assign, class_weights)
     if kind == "student":
-        return {"in_channels": in_channels, "width": width, "levels": list(levels),
-                "head_input": head_input, "num_classes": num_classes(task), "head_kwargs": heads}
-    args: dict[str, Any] = {"width": width, "num_classes": num_classes(task),
-                            "head_kwargs": heads}
+        return {
+            "in_channels": in_channels,
+            "width": width,
+            "levels": list(levels),
+            "head_input": head_input,
+            "num_classes": num_classes(task),
+            "head_kwargs": heads,
+        }
+    args: dict[str, Any] = {"width": width, "num_classes": num_classes(task), "head_kwargs": heads}
     if kind == "teacher":
         args["levels"] = list(levels)
     return args

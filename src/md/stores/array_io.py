@@ -116,7 +116,9 @@ async def read_chunks(arr: zarr.Array, layout: ShardLayout, idx: np.ndarray) -> 
         if offset == 2**64 - 1:
             raise ValueError(f"sample {int(i)} has no chunk in {keys[k]}")
         ranges.append((keys[k], RangeByteRequest(offset, offset + length)))
-    chunks = await gather_all(*(store.get(key, prototype, byte_range) for key, byte_range in ranges))
+    chunks = await gather_all(
+        *(store.get(key, prototype, byte_range) for key, byte_range in ranges)
+    )
     out = []
     for i, buf in zip(idx, chunks, strict=True):
         if buf is None:

@@ -187,8 +187,10 @@ def encode_scale(a: np.ndarray) -> np.ndarray:
     """Channel maxima [n, C] -> uint8 codes of the smallest grid value >= a (0 for a == 0)."""
     a = np.asarray(a, dtype=np.float64)
     if (a > SCALE_MAX).any():
-        raise ValueError(f"features reach {a.max():.4g}, beyond the compact scale range "
-                         f"({SCALE_MAX:.4g}); use codec 'lossless' or rescale the features")
+        raise ValueError(
+            f"features reach {a.max():.4g}, beyond the compact scale range "
+            f"({SCALE_MAX:.4g}); use codec 'lossless' or rescale the features"
+        )
     with np.errstate(divide="ignore"):
         k = np.ceil(np.log2(np.where(a > 0, a, 1.0)) * SCALE_PER_OCTAVE - 1e-9) + SCALE_OFFSET
     return np.where(a > 0, np.clip(k, 1, 255), 0).astype(np.uint8)

@@ -33,8 +33,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def loader_rate(setup: Setup, device: torch.device, workers: int, batches: int,
-                warmup: int = 2) -> float:
+def loader_rate(
+    setup: Setup, device: torch.device, workers: int, batches: int, warmup: int = 2
+) -> float:
     """Samples/s of the loader alone over `batches` batches after `warmup` (worker start-up
     and the first reads excluded), batches copied to `device`."""
     it = iter(make_loader(setup, 0, warmup + batches, device, num_workers=workers))
@@ -61,8 +62,11 @@ def training_step(setup: Setup, device: torch.device) -> Callable[[dict[str, Any
     opt = recipe.make_optimizer(model, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
 
     def step(batch: dict[str, Any]) -> None:
-        autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.amp == "bf16"
-                    else contextlib.nullcontext())
+        autocast = (
+            torch.autocast(device.type, dtype=torch.bfloat16)
+            if cfg.amp == "bf16"
+            else contextlib.nullcontext()
+        )
         with autocast:
             total = setup.loss_fn(model, batch)["total"]
         opt.zero_grad(set_to_none=True)
@@ -75,8 +79,9 @@ def training_step(setup: Setup, device: torch.device) -> Callable[[dict[str, Any
 def step_rate(setup: Setup, device: torch.device, steps: int, warmup: int = 2) -> float:
     """Samples/s of the training step alone, repeated on one batch already on `device`."""
     step = training_step(setup, device)
-    batch = to_device(next(iter(make_loader(setup, 0, 1, device, num_workers=0))), device,
-                      setup.cfg.channels_last)
+    batch = to_device(
+        next(iter(make_loader(setup, 0, 1, device, num_workers=0))), device, setup.cfg.channels_last
+    )
     t0 = 0.0
     for i in range(warmup + steps):
         if i == warmup:
@@ -87,8 +92,9 @@ def step_rate(setup: Setup, device: torch.device, steps: int, warmup: int = 2) -
     return steps * setup.cfg.batch_size / (time.perf_counter() - t0)
 
 
-def bench_loader(cfg: StudentTrainConfig, workers: Sequence[int] = (0, 1, 2), batches: int = 20,
-                 steps: int = 5) -> dict[str, Any]:
+def bench_loader(
+    cfg: StudentTrainConfig, workers: Sequence[int] = (0, 1, 2), batches: int = 20, steps: int = 5
+) -> dict[str, Any]:
     """Loader samples/s per worker count vs the step's samples/s (see the module docstring)."""
     setup = prepare(cfg)
     device = recipe.resolve_device(cfg.device)
@@ -96,9 +102,13 @@ def bench_loader(cfg: StudentTrainConfig, workers: Sequence[int] = (0, 1, 2), ba
     loaders = {w: loader_rate(setup, device, w, batches) for w in workers}
     src = setup.source
     return {
-        "device": str(device), "task": setup.cfg.task, "batch_size": cfg.batch_size,
-        "image_hw": list(src.image_hw), "crop": list(src.crop_hw) if src.crop_hw else None,
-        "flip": src.flip, "store": cfg.store or None,
+        "device": str(device),
+        "task": setup.cfg.task,
+        "batch_size": cfg.batch_size,
+        "image_hw": list(src.image_hw),
+        "crop": list(src.crop_hw) if src.crop_hw else None,
+        "flip": src.flip,
+        "store": cfg.store or None,
         "mode": "native" if not cfg.distill else "online" if setup.teacher else "offline",
         "step_samples_per_s": round(step, 2),
         "loader_samples_per_s": {str(w): round(r, 2) for w, r in loaders.items()},

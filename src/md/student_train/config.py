@@ -24,7 +24,9 @@ class StudentTrainConfig(recipe.RunConfig):
     head_input: Literal["attended", "transfer", "trunk"] = "attended"  # see md.models.student
     head_channels: int = 128  # neck / PSP channels of the task head (as the teacher presets)
     assign: Literal["iou", "mutual_guidance"] = "iou"  # detection label assignment
-    class_weighting: Literal["none", "enet"] = "none"  # segmentation CE weights (data/class_weights)
+    class_weighting: Literal["none", "enet"] = (
+        "none"  # segmentation CE weights (data/class_weights)
+    )
     class_weights: tuple[float, ...] = ()  # explicit per-class weights; filled in by "enet"
     pretrained: str = ""  # local torchvision resnet18 weight file (width 1 only)
     distill: bool = True  # false: task loss only (native image-level / visible-only student)

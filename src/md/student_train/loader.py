@@ -74,8 +74,9 @@ class _ShardStream:
     """The rows of some shards in a shuffled order per epoch (shards shuffled, then samples
     within windows of `window_shards` consecutive shards). A pure function of (key, epoch)."""
 
-    def __init__(self, rows: np.ndarray, shard_size: int, window_shards: int,
-                 key: list[int]) -> None:
+    def __init__(
+        self, rows: np.ndarray, shard_size: int, window_shards: int, key: list[int]
+    ) -> None:
         shard_of = rows // shard_size
         self.shards = np.unique(shard_of)
         self.rows_of = {int(k): rows[shard_of == k] for k in self.shards}
@@ -87,10 +88,13 @@ class _ShardStream:
         if self._cache is None or self._cache[0] != epoch:
             rng = np.random.Generator(np.random.PCG64([self.key[0], epoch, *self.key[1:]]))
             shards = rng.permutation(self.shards)
-            windows = [shards[i:i + self.window_shards]
-                       for i in range(0, shards.size, self.window_shards)]
-            order = [rng.permutation(np.concatenate([self.rows_of[int(k)] for k in w]))
-                     for w in windows]
+            windows = [
+                shards[i : i + self.window_shards]
+                for i in range(0, shards.size, self.window_shards)
+            ]
+            order = [
+                rng.permutation(np.concatenate([self.rows_of[int(k)] for k in w])) for w in windows
+            ]
             self._cache = (epoch, np.concatenate(order))
         return self._cache[1]
 
@@ -128,8 +132,16 @@ class ShardAwareSampler(Sampler[list[Key]]):
     epoch · ceil(N / B) on, as the groups' epochs need not line up).
     """
 
-    def __init__(self, store_n: int, shard_size: int, written_mask: np.ndarray | Sequence[bool],
-                 batch_size: int, seed: int, window_shards: int = 4, groups: int = 1) -> None:
+    def __init__(
+        self,
+        store_n: int,
+        shard_size: int,
+        written_mask: np.ndarray | Sequence[bool],
+        batch_size: int,
+        seed: int,
+        window_shards: int = 4,
+        groups: int = 1,
+    ) -> None:
         mask = np.asarray(written_mask, dtype=bool)
         if mask.shape != (store_n,) or not mask.any():
             raise ValueError(f"written_mask must be ({store_n},) with some True, got {mask.shape}")
@@ -145,9 +157,14 @@ class ShardAwareSampler(Sampler[list[Key]]):
         self.shard_size, self.window_shards, self.groups = shard_size, window_shards, groups
         # G = 1 keeps the stream key of the single-process sampler: the same batches as before.
         self._streams = [
-            _ShardStream(rows[np.isin(rows // shard_size, shards[g::groups])], shard_size,
-                         window_shards, [seed, 0x5D] if groups == 1 else [seed, 0x5D, groups, g])
-            for g in range(groups)]
+            _ShardStream(
+                rows[np.isin(rows // shard_size, shards[g::groups])],
+                shard_size,
+                window_shards,
+                [seed, 0x5D] if groups == 1 else [seed, 0x5D, groups, g],
+            )
+            for g in range(groups)
+        ]
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -184,13 +201,17 @@ class ShardAwareSampler(Sampler[list[Key]]):
         """Rank `rank`'s part of batch `iteration`: its groups' B / G rows each, in order."""
         per_group = self.batch_size // self.groups
         first = iteration * self.batch_size
-        return [self.key(first + g * per_group + j)
-                for g in self.rank_groups(rank, world) for j in range(per_group)]
+        return [
+            self.key(first + g * per_group + j)
+            for g in self.rank_groups(rank, world)
+            for j in range(per_group)
+        ]
 
     def __iter__(self) -> Iterator[list[Key]]:
         if self.groups > 1:
-            yield from (self.batch(i) for i in range(self.epoch * len(self),
-                                                      (self.epoch + 1) * len(self)))
+            yield from (
+                self.batch(i) for i in range(self.epoch * len(self), (self.epoch + 1) * len(self))
+            )
             return
         first = self.epoch * self.n
         for p in range(first, first + self.n, self.batch_size):
@@ -204,8 +225,9 @@ class IterationSpan(Sampler[list[Key]]):
     """The batches of iterations start .. stop-1 (the training loop's `batches(start)`); under
     DDP, rank `rank`'s part of each (`ShardAwareSampler.rank_batch`)."""
 
-    def __init__(self, sampler: ShardAwareSampler, start: int, stop: int, rank: int = 0,
-                 world: int = 1) -> None:
+    def __init__(
+        self, sampler: ShardAwareSampler, start: int, stop: int, rank: int = 0, world: int = 1
+    ) -> None:
         sampler.rank_groups(rank, world)  # fail here, not in a DataLoader worker
         self.sampler, self.start, self.stop = sampler, start, stop
         self.rank, self.world = rank, world
@@ -229,8 +251,9 @@ class Augment:
     window: tuple[int, int, int, int] | None  # (top, left, h, w), ALIGN-aligned; None = no crop
 
 
-def draw_augment(aug_seed: int, image_hw: tuple[int, int], flip: bool,
-                 crop_hw: tuple[int, int] | None) -> Augment:
+def draw_augment(
+    aug_seed: int, image_hw: tuple[int, int], flip: bool, crop_hw: tuple[int, int] | None
+) -> Augment:
     """Flip with p = 0.5 (if enabled), then a uniform ALIGN-aligned crop window (if enabled)."""
     g = torch.Generator().manual_seed(aug_seed)
     do_flip = bool(flip and torch.rand((), generator=g) < 0.5)
@@ -250,7 +273,10 @@ def cut_map(t: Tensor, window: tuple[int, int, int, int] | Sequence[int], stride
     top, left, h, w = (int(v) for v in window)
     if (top | left | h | w) % stride:
         raise ValueError(f"window {(top, left, h, w)} is not aligned to stride {stride}")
-    rows, cols = slice(top // stride, (top + h) // stride), slice(left // stride, (left + w) // stride)
+    rows, cols = (
+        slice(top // stride, (top + h) // stride),
+        slice(left // stride, (left + w) // stride),
+    )
     out = t[..., rows, cols]
     if out.shape[-2:] != (h // stride, w // stride):
         raise ValueError(f"window {(top, left, h, w)} exceeds the {tuple(t.shape[-2:])} map")
@@ -376,8 +402,9 @@ class DistillDataset(Dataset[dict[str, Any]]):
         for key in [k for k in stored if k.startswith("target/")]:
             t = torch.from_numpy(np.ascontiguousarray(stored[key]))
             item[key] = t if aug.window is None else cut_map(t, aug.window, self._stride(key))
-        item["x"] = student_input(item.pop("visible"),
-                                  None if s.thermal_factor is None else item["thermal"])
+        item["x"] = student_input(
+            item.pop("visible"), None if s.thermal_factor is None else item["thermal"]
+        )
         item.pop("thermal")
         return item
 
@@ -401,8 +428,10 @@ class DistillDataset(Dataset[dict[str, Any]]):
         if s.ids is not None and s.groups is not None:
             item["id"], item["group"] = str(s.ids[row]), str(s.groups[row])
         if tuple(item["visible"].shape[-2:]) != s.image_hw:
-            raise DataError(f"sample {item.get('id')}: image is {tuple(item['visible'].shape[-2:])}"
-                            f", not {s.image_hw} like the rest; use images of one size")
+            raise DataError(
+                f"sample {item.get('id')}: image is {tuple(item['visible'].shape[-2:])}"
+                f", not {s.image_hw} like the rest; use images of one size"
+            )
         return item
 
 
@@ -422,5 +451,8 @@ def unpack_labels(task: str, stored: Mapping[str, np.ndarray]) -> dict[str, Tens
     if task == "segmentation":
         return {"labels": torch.from_numpy(stored[LABELS].astype(np.int64))}
     rows = torch.from_numpy(np.asarray(stored[BOXES])[: int(stored[NUM_BOXES])].copy())
-    return {"boxes": rows[:, :4].float(), "box_ignore": rows[:, 4] > 0.5,
-            "box_occlusion": rows[:, 5].round().long()}
+    return {
+        "boxes": rows[:, :4].float(),
+        "box_ignore": rows[:, 4] > 0.5,
+        "box_occlusion": rows[:, 5].round().long(),
+    }

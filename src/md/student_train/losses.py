@@ -67,7 +67,9 @@ class FocalMSELoss(nn.Module):
     def __init__(self, weights_grad: bool = False, softmax_input: str = "sum") -> None:
         super().__init__()
         if softmax_input not in SOFTMAX_INPUTS:
-            raise ValueError(f"softmax_input must be one of {SOFTMAX_INPUTS}, got {softmax_input!r}")
+            raise ValueError(
+                f"softmax_input must be one of {SOFTMAX_INPUTS}, got {softmax_input!r}"
+            )
         self.weights_grad = weights_grad
         self.softmax_input = softmax_input
 
@@ -122,28 +124,38 @@ class DistillationLoss(nn.Module):
     ) -> None:
         super().__init__()
         if semantic_loss not in SEMANTIC_LOSSES:
-            raise ValueError(f"semantic_loss must be one of {SEMANTIC_LOSSES}, got {semantic_loss!r}")
+            raise ValueError(
+                f"semantic_loss must be one of {SEMANTIC_LOSSES}, got {semantic_loss!r}"
+            )
         self.levels = tuple(levels)
         self.attention, self.semantic = attention, semantic
         self.attention_weight, self.semantic_weight = attention_weight, semantic_weight
         self.attention_loss = AttentionTransferLoss()
         self.semantic_loss: nn.Module = (
-            FocalMSELoss(focal_weights_grad, focal_softmax) if semantic_loss == "fmse"
+            FocalMSELoss(focal_weights_grad, focal_softmax)
+            if semantic_loss == "fmse"
             else MSELoss()
         )
 
     def forward(
-        self, student: Mapping[str, Mapping[str, Tensor]], targets: Mapping[str, Mapping[str, Tensor]]
+        self,
+        student: Mapping[str, Mapping[str, Tensor]],
+        targets: Mapping[str, Mapping[str, Tensor]],
     ) -> dict[str, Tensor]:
         parts: dict[str, Tensor] = {}
         if self.attention:
             parts["attention"] = torch.stack(
-                [self.attention_loss(student["masks"][lv], targets["masks"][lv]) for lv in self.levels]
+                [
+                    self.attention_loss(student["masks"][lv], targets["masks"][lv])
+                    for lv in self.levels
+                ]
             ).mean()
         if self.semantic:
             parts["semantic"] = torch.stack(
-                [self.semantic_loss(student["features"][lv], targets["features"][lv])
-                 for lv in self.levels]
+                [
+                    self.semantic_loss(student["features"][lv], targets["features"][lv])
+                    for lv in self.levels
+                ]
             ).mean()
         total = torch.zeros((), device=_device(student))
         if "attention" in parts:

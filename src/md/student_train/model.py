@@ -34,30 +34,42 @@ class DistillableStudent(Protocol):
 
 def student_args(cfg: StudentTrainConfig) -> dict[str, Any]:
     """Constructor arguments saved in the checkpoint so `md evaluate model` can rebuild it."""
-    return model_args("student", cfg.task, width=cfg.width, head_channels=cfg.head_channels,
-                      levels=cfg.levels, assign=cfg.assign, class_weights=cfg.class_weights,
-                      in_channels=3 if thermal_factor_of(cfg) is None else 6,
-                      head_input=cfg.head_input)
+    return model_args(
+        "student",
+        cfg.task,
+        width=cfg.width,
+        head_channels=cfg.head_channels,
+        levels=cfg.levels,
+        assign=cfg.assign,
+        class_weights=cfg.class_weights,
+        in_channels=3 if thermal_factor_of(cfg) is None else 6,
+        head_input=cfg.head_input,
+    )
 
 
 def build_student(cfg: StudentTrainConfig) -> OneStreamStudent:
     torch.manual_seed(cfg.seed)  # initial weights depend on the seed only
-    model = build_model("student", cfg.task, pretrained=cfg.pretrained or None,
-                        **student_args(cfg))
+    model = build_model("student", cfg.task, pretrained=cfg.pretrained or None, **student_args(cfg))
     assert isinstance(model, OneStreamStudent)
     return model
 
 
-def student_loss_fn(cfg: StudentTrainConfig, model: DistillableStudent,
-                    teacher: TwoStreamTeacher | None) -> LossFn:
+def student_loss_fn(
+    cfg: StudentTrainConfig, model: DistillableStudent, teacher: TwoStreamTeacher | None
+) -> LossFn:
     """Task parts (e.g. cls, box / seg), then "task", "attention", "semantic", "total"."""
     distill = None
     if cfg.distill:
         distill = DistillationLoss(
-            cfg.levels, attention=cfg.attention, semantic=cfg.semantic,
-            semantic_loss=cfg.semantic_loss, attention_weight=cfg.attention_weight,
-            semantic_weight=cfg.semantic_weight, focal_weights_grad=cfg.focal_weights_grad,
-            focal_softmax=cfg.focal_softmax)
+            cfg.levels,
+            attention=cfg.attention,
+            semantic=cfg.semantic,
+            semantic_loss=cfg.semantic_loss,
+            attention_weight=cfg.attention_weight,
+            semantic_weight=cfg.semantic_weight,
+            focal_weights_grad=cfg.focal_weights_grad,
+            focal_softmax=cfg.focal_softmax,
+        )
     strides = dict(model.strides)
 
     def loss_fn(m: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -67,23 +79,33 @@ def student_loss_fn(cfg: StudentTrainConfig, model: DistillableStudent,
         task = parts.pop("total")
         if distill is None:
             return {**parts, "total": task}
-        targets = (live_targets(teacher, batch, strides) if teacher is not None
-                   else stored_targets(batch, cfg.levels))
+        targets = (
+            live_targets(teacher, batch, strides)
+            if teacher is not None
+            else stored_targets(batch, cfg.levels)
+        )
         d = distill(out, targets)
-        return {**parts, "task": task, **{k: v for k, v in d.items() if k != "distill"},
-                "total": task + d["distill"]}
+        return {
+            **parts,
+            "task": task,
+            **{k: v for k, v in d.items() if k != "distill"},
+            "total": task + d["distill"],
+        }
 
     return loss_fn
 
 
 def stored_targets(batch: dict[str, Any], levels: Iterable[str]) -> dict[str, dict[str, Any]]:
     """The batch's store targets as {"features": {L: (B, C, h, w)}, "masks": {L: (B, 1, h, w)}}."""
-    return {"features": {lv: batch[f"target/features/{lv}"] for lv in levels},
-            "masks": {lv: batch[f"target/attention/{lv}"] for lv in levels}}
+    return {
+        "features": {lv: batch[f"target/features/{lv}"] for lv in levels},
+        "masks": {lv: batch[f"target/attention/{lv}"] for lv in levels},
+    }
 
 
-def live_targets(teacher: TwoStreamTeacher, batch: dict[str, Any],
-                 strides: dict[str, int]) -> dict[str, dict[str, Any]]:
+def live_targets(
+    teacher: TwoStreamTeacher, batch: dict[str, Any], strides: dict[str, int]
+) -> dict[str, dict[str, Any]]:
     """Targets from the teacher on the full (flipped) frame, cut to each sample's crop window:
     exactly what the store would hold for the same sample and augmentation."""
     with torch.no_grad():
@@ -92,5 +114,7 @@ def live_targets(teacher: TwoStreamTeacher, batch: dict[str, Any],
     full = torch.tensor([0, 0, *batch["teacher/visible"].shape[-2:]])
     if bool((windows == full).all()):  # no crop: the whole maps, as the store holds them
         return {key: {lv: out[key][lv].float() for lv in strides} for key in ("features", "masks")}
-    return {key: {lv: cut_batch(out[key][lv].float(), windows, s) for lv, s in strides.items()}
-            for key in ("features", "masks")}
+    return {
+        key: {lv: cut_batch(out[key][lv].float(), windows, s) for lv, s in strides.items()}
+        for key in ("features", "masks")
+    }

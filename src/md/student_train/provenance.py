@@ -38,8 +38,9 @@ def store_levels(store: TargetStore, levels: Sequence[str]) -> dict[str, LevelSp
     return {lv: by_name[lv] for lv in levels}
 
 
-def width_from_store(store: TargetStore, specs: Mapping[str, LevelSpec],
-                     base: Mapping[str, int]) -> float:
+def width_from_store(
+    store: TargetStore, specs: Mapping[str, LevelSpec], base: Mapping[str, int]
+) -> float:
     """The trunk width whose level channels equal the store's (c3 = 128·w, c4 = 256·w, ...),
     from the widest level (narrow levels may be clamped at 8 channels); `check_store_shapes`
     then checks every level against the model built with it."""
@@ -47,24 +48,34 @@ def width_from_store(store: TargetStore, specs: Mapping[str, LevelSpec],
     return specs[lv].channels / base[lv]
 
 
-def check_store_shapes(store: TargetStore, specs: Mapping[str, LevelSpec],
-                       channels: Mapping[str, int], strides: Mapping[str, int],
-                       image_hw: tuple[int, int]) -> None:
+def check_store_shapes(
+    store: TargetStore,
+    specs: Mapping[str, LevelSpec],
+    channels: Mapping[str, int],
+    strides: Mapping[str, int],
+    image_hw: tuple[int, int],
+) -> None:
     """The student's level channels / strides / map sizes on `image_hw` equal the store's."""
     for lv, spec in specs.items():
-        want = (channels[lv], strides[lv], -(-image_hw[0] // strides[lv]),
-                -(-image_hw[1] // strides[lv]))
+        want = (
+            channels[lv],
+            strides[lv],
+            -(-image_hw[0] // strides[lv]),
+            -(-image_hw[1] // strides[lv]),
+        )
         got = (spec.channels, spec.stride, spec.height, spec.width)
         if got[:2] != want[:2]:
             raise StoreError(
                 f"{store.url}: level {spec.name} holds {spec.channels} channels at stride "
                 f"{spec.stride}, the student gives {want[0]} at stride {want[1]}; pass the "
-                f"teacher's width (width=0 derives it from the store)")
+                f"teacher's width (width=0 derives it from the store)"
+            )
         if got[2:] != want[2:]:
             raise StoreError(
                 f"{store.url}: level {spec.name} maps are {spec.height}x{spec.width}, but "
                 f"{image_hw[1]}x{image_hw[0]} images give {want[2]}x{want[3]}; the store was "
-                "made for images of another size: use the data it was cached from")
+                "made for images of another size: use the data it was cached from"
+            )
 
 
 def written_rows(store: TargetStore, allow_partial: bool) -> np.ndarray:
@@ -75,7 +86,8 @@ def written_rows(store: TargetStore, allow_partial: bool) -> np.ndarray:
         raise StoreError(
             f"{store.url}: incomplete store, shards {missing} of {store.num_shards} were never "
             "written; finish it (rerun md cache-teacher) or pass --allow-partial to train on "
-            "the written samples only")
+            "the written samples only"
+        )
     rows = np.flatnonzero(mask)
     if rows.size == 0:
         raise StoreError(f"{store.url}: no shard is written yet; run md cache-teacher first")
@@ -105,8 +117,9 @@ def recorded_teacher_sha256(attrs: Mapping[str, Any]) -> str | None:
     return attrs.get("teacher_sha256") if isinstance(attrs.get("teacher_sha256"), str) else None
 
 
-def match_dataset(store: TargetStore, rows: np.ndarray, ds: PairedDataset,
-                  fingerprint: Mapping[str, Any]) -> np.ndarray:
+def match_dataset(
+    store: TargetStore, rows: np.ndarray, ds: PairedDataset, fingerprint: Mapping[str, Any]
+) -> np.ndarray:
     """Dataset index of each store row; refuses a store built for other data.
 
     The fingerprint recorded in the store must equal the dataset's, and every sample id of
@@ -117,14 +130,16 @@ def match_dataset(store: TargetStore, rows: np.ndarray, ds: PairedDataset,
         raise StoreError(
             f"{store.url}: built for another dataset (fingerprint {recorded[:12]}…, "
             f"{ds.root} split {ds.split!r} is {fingerprint['sha256'][:12]}…); pass the data and "
-            "split the store was cached from, or cache the teacher on this data")
+            "split the store was cached from, or cache the teacher on this data"
+        )
     ids = store.read(rows, names=["sample_id"])["sample_id"]
     index = {s.id: i for i, s in enumerate(ds.samples)}
     unknown = [str(i) for i in ids if str(i) not in index]
     if unknown:
         raise StoreError(
             f"{store.url}: sample ids {unknown[:3]} ({len(unknown)} of {len(ids)}) are not in "
-            f"{ds.root} split {ds.split!r}; pass the data the store was cached from")
+            f"{ds.root} split {ds.split!r}; pass the data the store was cached from"
+        )
     return np.array([index[str(i)] for i in ids], dtype=np.int64)
 
 
@@ -158,8 +173,10 @@ def bundled_thermal_factor(store: TargetStore) -> int:
     for side in (1, 2, 4, 8):
         if (max(1, vh // side), max(1, vw // side)) == (th, tw):
             return side * side
-    raise StoreError(f"{store.url}: bundled thermal {tw}x{th} is no 1/4/16/64 reduction of "
-                     f"the {vw}x{vh} visible images; rebuild the store")
+    raise StoreError(
+        f"{store.url}: bundled thermal {tw}x{th} is no 1/4/16/64 reduction of "
+        f"the {vw}x{vh} visible images; rebuild the store"
+    )
 
 
 def check_thermal_factor(store: TargetStore, factor: int | None) -> None:
@@ -170,7 +187,8 @@ def check_thermal_factor(store: TargetStore, factor: int | None) -> None:
     if have != factor:
         raise StoreError(
             f"{store.url}: bundled thermal images are reduced by {have}, not by {factor}; pass "
-            f"--thermal-factor {have}, or use a store cached with --thermal-factor {factor}")
+            f"--thermal-factor {have}, or use a store cached with --thermal-factor {factor}"
+        )
 
 
 def store_lineage(store: TargetStore, rows: np.ndarray) -> dict[str, Any]:

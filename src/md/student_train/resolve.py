@@ -63,16 +63,35 @@ def prepare(cfg: StudentTrainConfig, *, rank: int = 0, world_size: int = 1) -> S
     model = build_student(cfg)
     if source.target_levels is not None:  # offline: the store's maps must fit this student
         assert store is not None
-        prov.check_store_shapes(store, prov.store_levels(store, levels),
-                                model.out_channels, model.strides, source.image_hw)
-    meta = {"task": task, "model_kind": "student", "model_args": student_args(cfg),
-            "config": config_to_dict(cfg), "split": cfg.split,
-            "lineage": _lineage(cfg, store, rows, teacher_sha),
-            "dataset_fingerprint": fingerprint or _store_fingerprint(store),
-            "world_size": world_size}
-    return Setup(cfg, source, _sampler(cfg, store, rows, len(ds) if ds is not None else 0),
-                 model, student_loss_fn(cfg, model, teacher), teacher, meta,
-                 cfg.iterations or recipe.TASK_ITERATIONS[task], rank, world_size)
+        prov.check_store_shapes(
+            store,
+            prov.store_levels(store, levels),
+            model.out_channels,
+            model.strides,
+            source.image_hw,
+        )
+    meta = {
+        "task": task,
+        "model_kind": "student",
+        "model_args": student_args(cfg),
+        "config": config_to_dict(cfg),
+        "split": cfg.split,
+        "lineage": _lineage(cfg, store, rows, teacher_sha),
+        "dataset_fingerprint": fingerprint or _store_fingerprint(store),
+        "world_size": world_size,
+    }
+    return Setup(
+        cfg,
+        source,
+        _sampler(cfg, store, rows, len(ds) if ds is not None else 0),
+        model,
+        student_loss_fn(cfg, model, teacher),
+        teacher,
+        meta,
+        cfg.iterations or recipe.TASK_ITERATIONS[task],
+        rank,
+        world_size,
+    )
 
 
 def check_world(cfg: StudentTrainConfig, world_size: int) -> StudentTrainConfig:
@@ -80,20 +99,27 @@ def check_world(cfg: StudentTrainConfig, world_size: int) -> StudentTrainConfig:
     fill in ``shard_groups`` (0 -> the number of processes)."""
     groups = cfg.shard_groups or world_size
     if cfg.batch_size % world_size:
-        raise ConfigError(f"batch_size={cfg.batch_size} is the global batch and must divide by "
-                          f"the {world_size} processes; pass a multiple of {world_size} (each "
-                          f"process takes batch_size / {world_size})")
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} is the global batch and must divide by "
+            f"the {world_size} processes; pass a multiple of {world_size} (each "
+            f"process takes batch_size / {world_size})"
+        )
     if groups < 1 or groups % world_size:
-        raise ConfigError(f"shard_groups={cfg.shard_groups} must be a multiple of the "
-                          f"{world_size} processes (0 = one group per process)")
+        raise ConfigError(
+            f"shard_groups={cfg.shard_groups} must be a multiple of the "
+            f"{world_size} processes (0 = one group per process)"
+        )
     if cfg.batch_size % groups:
-        raise ConfigError(f"batch_size={cfg.batch_size} does not split into shard_groups="
-                          f"{groups}; pass a batch_size that is a multiple of {groups}")
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} does not split into shard_groups="
+            f"{groups}; pass a batch_size that is a multiple of {groups}"
+        )
     return replace(cfg, shard_groups=groups)
 
 
-def _class_weights(cfg: StudentTrainConfig, ds: PairedDataset | None,
-                   store: TargetStore | None) -> StudentTrainConfig:
+def _class_weights(
+    cfg: StudentTrainConfig, ds: PairedDataset | None, store: TargetStore | None
+) -> StudentTrainConfig:
     """ENet class weights from the training labels: the dataset's files, else the store's."""
     if cfg.task != "segmentation" or cfg.class_weighting == "none" or cfg.class_weights:
         return cfg
@@ -101,62 +127,83 @@ def _class_weights(cfg: StudentTrainConfig, ds: PairedDataset | None,
         return recipe.resolve_class_weights(cfg, ds)
     if store is not None and "labels" in store.raw_names():
         rows = np.flatnonzero(store.written_mask())
-        labels = (store.read(rows[i:i + 64], ["labels"])["labels"]
-                  for i in range(0, len(rows), 64))
+        labels = (
+            store.read(rows[i : i + 64], ["labels"])["labels"] for i in range(0, len(rows), 64)
+        )
         frequencies = label_frequencies(labels, num_classes(cfg.task))
         return replace(cfg, class_weights=enet_weights(frequencies))
-    raise MdError("class_weighting=enet needs training labels: pass --data, a store made with "
-                  "--bundle-inputs, or class_weighting=none")
+    raise MdError(
+        "class_weighting=enet needs training labels: pass --data, a store made with "
+        "--bundle-inputs, or class_weighting=none"
+    )
 
 
-def _sampler(cfg: StudentTrainConfig, store: TargetStore | None, rows: np.ndarray,
-             ds_len: int) -> ShardAwareSampler:
+def _sampler(
+    cfg: StudentTrainConfig, store: TargetStore | None, rows: np.ndarray, ds_len: int
+) -> ShardAwareSampler:
     """Over store rows (shard-aware), or over dataset indices (shards of one sample)."""
     n, shard_size = (store.n, store.shard_size) if store is not None else (ds_len, 1)
     shards = np.unique(rows // shard_size).size
     if shards < cfg.shard_groups:
         where = cfg.store if store is not None else cfg.data
-        raise ConfigError(f"{where}: {shards} shards for shard_groups={cfg.shard_groups}; each "
-                          "group (each process) reads whole shards of its own: cache the store "
-                          "with a smaller --shard-size, or use fewer groups / processes")
+        raise ConfigError(
+            f"{where}: {shards} shards for shard_groups={cfg.shard_groups}; each "
+            "group (each process) reads whole shards of its own: cache the store "
+            "with a smaller --shard-size, or use fewer groups / processes"
+        )
     mask = np.zeros(n, dtype=np.bool_)
     mask[rows] = True
-    return ShardAwareSampler(n, shard_size, mask, cfg.batch_size, cfg.seed, cfg.window_shards,
-                             groups=cfg.shard_groups)
+    return ShardAwareSampler(
+        n, shard_size, mask, cfg.batch_size, cfg.seed, cfg.window_shards, groups=cfg.shard_groups
+    )
 
 
-def _lineage(cfg: StudentTrainConfig, store: TargetStore | None, rows: np.ndarray,
-             teacher_sha: str | None) -> dict[str, Any]:
+def _lineage(
+    cfg: StudentTrainConfig, store: TargetStore | None, rows: np.ndarray, teacher_sha: str | None
+) -> dict[str, Any]:
     """The store learned from and the teacher behind the targets (online: the file's sha)."""
     recorded = prov.recorded_teacher_sha256(store.attrs) if store is not None else None
-    return {"store": prov.store_lineage(store, rows) if store is not None else None,
-            "teacher_sha256": teacher_sha or (recorded if cfg.distill else None),
-            "online_teacher": cfg.online_teacher or None}
+    return {
+        "store": prov.store_lineage(store, rows) if store is not None else None,
+        "teacher_sha256": teacher_sha or (recorded if cfg.distill else None),
+        "online_teacher": cfg.online_teacher or None,
+    }
 
 
 def _check_modes(cfg: StudentTrainConfig) -> None:
     if cfg.distill and not cfg.online_teacher and not cfg.store:
-        raise ConfigError("distillation reads a target store: pass --store STORE (or "
-                          "--online-teacher teacher.pt, or --no-distill for the native student)")
+        raise ConfigError(
+            "distillation reads a target store: pass --store STORE (or "
+            "--online-teacher teacher.pt, or --no-distill for the native student)"
+        )
     if not cfg.data and not cfg.store:
         raise ConfigError("pass --data DIR (or a --store that bundles the inputs)")
     if cfg.online_teacher and not cfg.data:
-        raise ConfigError("--online-teacher needs --data DIR: the teacher sees full-resolution "
-                          "thermal images, which stores do not hold")
+        raise ConfigError(
+            "--online-teacher needs --data DIR: the teacher sees full-resolution "
+            "thermal images, which stores do not hold"
+        )
     if cfg.distill and not (cfg.attention or cfg.semantic):
-        raise ConfigError("attention=false and semantic=false leave nothing to distil; use "
-                          "--no-distill for the task loss only")
+        raise ConfigError(
+            "attention=false and semantic=false leave nothing to distil; use "
+            "--no-distill for the task loss only"
+        )
 
 
-def _resolve_task(cfg: StudentTrainConfig, ds: PairedDataset | None,
-                  store: TargetStore | None) -> Literal["detection", "segmentation"]:
+def _resolve_task(
+    cfg: StudentTrainConfig, ds: PairedDataset | None, store: TargetStore | None
+) -> Literal["detection", "segmentation"]:
     """The run's task ("detection" | "segmentation"): the config's, else the store's or the
     data's; refuses a store and data (or config) that disagree."""
-    found = {"store": store.schema.task if store is not None else None,
-             "dataset": ds.task if ds is not None else None}
+    found = {
+        "store": store.schema.task if store is not None else None,
+        "dataset": ds.task if ds is not None else None,
+    }
     if found["store"] and found["dataset"] and found["store"] != found["dataset"]:
-        raise MdError(f"{cfg.data}: the dataset is for {found['dataset']}, the store "
-                      f"{cfg.store} for {found['store']}; pass the data the store was cached from")
+        raise MdError(
+            f"{cfg.data}: the dataset is for {found['dataset']}, the store "
+            f"{cfg.store} for {found['store']}; pass the data the store was cached from"
+        )
     task = cfg.task if cfg.task != "auto" else (found["store"] or found["dataset"])
     for what, t in found.items():
         if t is not None and t != task:
@@ -166,21 +213,25 @@ def _resolve_task(cfg: StudentTrainConfig, ds: PairedDataset | None,
     return cast(Literal["detection", "segmentation"], task)
 
 
-def _online_teacher(cfg: StudentTrainConfig,
-                    task: str) -> tuple[TwoStreamTeacher | None, str | None]:
+def _online_teacher(
+    cfg: StudentTrainConfig, task: str
+) -> tuple[TwoStreamTeacher | None, str | None]:
     if not (cfg.online_teacher and cfg.distill):
         return None, None
     teacher, ckpt = load_model(cfg.online_teacher)
     if ckpt["model_kind"] != "teacher" or ckpt["task"] != task:
-        raise MdError(f"{cfg.online_teacher}: holds a {ckpt['task']} {ckpt['model_kind']}, "
-                      f"not a {task} teacher; pass a checkpoint of md train-teacher --task {task}")
+        raise MdError(
+            f"{cfg.online_teacher}: holds a {ckpt['task']} {ckpt['model_kind']}, "
+            f"not a {task} teacher; pass a checkpoint of md train-teacher --task {task}"
+        )
     assert isinstance(teacher, TwoStreamTeacher)
     teacher.requires_grad_(False)
     return teacher, file_sha256(cfg.online_teacher)
 
 
-def _levels_and_width(cfg: StudentTrainConfig, store: TargetStore | None,
-                      teacher: TwoStreamTeacher | None) -> tuple[tuple[str, ...], float]:
+def _levels_and_width(
+    cfg: StudentTrainConfig, store: TargetStore | None, teacher: TwoStreamTeacher | None
+) -> tuple[tuple[str, ...], float]:
     """Distilled levels (default: all the teacher's) and the trunk width (default: the
     teacher's, read off the store's channel counts or the teacher checkpoint)."""
     if not cfg.distill:
@@ -189,12 +240,16 @@ def _levels_and_width(cfg: StudentTrainConfig, store: TargetStore | None,
         have = teacher.levels
         levels = check_levels(cfg.levels or have, allow_empty=False)
         if not set(levels) <= set(have):
-            raise MdError(f"{cfg.online_teacher}: the teacher fuses levels {list(have)}, not "
-                          f"{list(levels)}; pass levels=[{','.join(have)}] or a subset")
+            raise MdError(
+                f"{cfg.online_teacher}: the teacher fuses levels {list(have)}, not "
+                f"{list(levels)}; pass levels=[{','.join(have)}] or a subset"
+            )
         teacher_width = teacher_width_of(teacher)
         if cfg.width and cfg.width != teacher_width:
-            raise MdError(f"{cfg.online_teacher}: teacher width {teacher_width}, run width "
-                          f"{cfg.width}; distilled features need the teacher's (pass width=0)")
+            raise MdError(
+                f"{cfg.online_teacher}: teacher width {teacher_width}, run width "
+                f"{cfg.width}; distilled features need the teacher's (pass width=0)"
+            )
         return levels, teacher_width
     assert store is not None
     have = tuple(lv.name.lower() for lv in store.schema.levels)
@@ -208,8 +263,12 @@ def teacher_width_of(teacher: TwoStreamTeacher) -> float:
     return float(teacher.visible.width)
 
 
-def _rows(cfg: StudentTrainConfig, store: TargetStore | None, ds: PairedDataset | None,
-          fingerprint: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray | None]:
+def _rows(
+    cfg: StudentTrainConfig,
+    store: TargetStore | None,
+    ds: PairedDataset | None,
+    fingerprint: dict[str, Any] | None,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Rows to sample (store indices, or dataset indices) and store row -> dataset index."""
     if store is None:
         assert ds is not None
@@ -223,9 +282,14 @@ def _rows(cfg: StudentTrainConfig, store: TargetStore | None, ds: PairedDataset 
     return rows, ds_index
 
 
-def _source(cfg: StudentTrainConfig, store: TargetStore | None, ds: PairedDataset | None,
-            rows: np.ndarray, ds_index: np.ndarray | None,
-            teacher: TwoStreamTeacher | None) -> SampleSource:
+def _source(
+    cfg: StudentTrainConfig,
+    store: TargetStore | None,
+    ds: PairedDataset | None,
+    rows: np.ndarray,
+    ds_index: np.ndarray | None,
+    teacher: TwoStreamTeacher | None,
+) -> SampleSource:
     """What each sample carries; refuses flips without flipped views and bad crops."""
     offline = store is not None and cfg.distill and teacher is None
     inputs = store is not None and teacher is None and prov.bundled_inputs(store.schema)
@@ -235,12 +299,16 @@ def _source(cfg: StudentTrainConfig, store: TargetStore | None, ds: PairedDatase
         assert store is not None
         prov.check_thermal_factor(store, tf)
     if ds is None and not (inputs and labels):
-        raise ConfigError(f"{cfg.store}: the store bundles no inputs and labels; pass --data DIR "
-                          "with the images it was cached from")
+        raise ConfigError(
+            f"{cfg.store}: the store bundles no inputs and labels; pass --data DIR "
+            "with the images it was cached from"
+        )
     if offline and cfg.flip and store is not None and not store.schema.flips:
-        raise StoreError(f"{cfg.store}: flip=true needs the stored flipped views "
-                         "(features_flip/attention_flip), which this store lacks; pass "
-                         "flip=false or cache the teacher with flips")
+        raise StoreError(
+            f"{cfg.store}: flip=true needs the stored flipped views "
+            "(features_flip/attention_flip), which this store lacks; pass "
+            "flip=false or cache the teacher with flips"
+        )
     if inputs:
         assert store is not None
         image_hw = prov.bundled_image_hw(store.schema)
@@ -255,12 +323,22 @@ def _source(cfg: StudentTrainConfig, store: TargetStore | None, ds: PairedDatase
     specs = prov.store_levels(store, cfg.levels) if offline and store is not None else {}
     ids, groups = prov.row_meta(store, rows) if store is not None else (None, None)
     return SampleSource(
-        task=cfg.task, image_hw=image_hw, thermal_factor=tf, store=store,
-        dataset=None if (inputs and labels) else ds, ds_index=ds_index,
+        task=cfg.task,
+        image_hw=image_hw,
+        thermal_factor=tf,
+        store=store,
+        dataset=None if (inputs and labels) else ds,
+        ds_index=ds_index,
         target_levels={lv: s.name for lv, s in specs.items()} or None,
         strides={lv: s.stride for lv, s in specs.items()} or None,
-        bundled_inputs=inputs, bundled_labels=labels, flip=cfg.flip, crop_hw=window,
-        teacher_inputs=teacher is not None, ids=ids, groups=groups)
+        bundled_inputs=inputs,
+        bundled_labels=labels,
+        flip=cfg.flip,
+        crop_hw=window,
+        teacher_inputs=teacher is not None,
+        ids=ids,
+        groups=groups,
+    )
 
 
 def _store_fingerprint(store: TargetStore | None) -> dict[str, Any] | None:

@@ -85,30 +85,41 @@ class FeedMeter:
         the fraction of the loop spent waiting on the loader (≈ 0 when it keeps up)."""
         n = max(0, self.batches - 1) * self.batch_size
         busy = max(1e-9, seconds - self.first_wait)
-        return {"batches": self.batches, "first_batch_s": round(self.first_wait, 4),
-                "wait_s": round(self.wait, 4), "wait_fraction": round(self.wait / busy, 4),
-                "train_samples_per_s": round(n / busy, 2),
-                "step_samples_per_s": round(n / max(1e-9, busy - self.wait), 2)}
+        return {
+            "batches": self.batches,
+            "first_batch_s": round(self.first_wait, 4),
+            "wait_s": round(self.wait, 4),
+            "wait_fraction": round(self.wait / busy, 4),
+            "train_samples_per_s": round(n / busy, 2),
+            "step_samples_per_s": round(n / max(1e-9, busy - self.wait), 2),
+        }
 
 
-def make_loader(setup: Setup, start: int, stop: int, device: torch.device,
-                num_workers: int | None = None) -> DataLoader:
+def make_loader(
+    setup: Setup, start: int, stop: int, device: torch.device, num_workers: int | None = None
+) -> DataLoader:
     """The DataLoader for iterations start .. stop-1 (workers open the store lazily); under
     DDP this rank's part of each batch, with its own workers."""
     cfg = setup.cfg
     workers = cfg.num_workers if num_workers is None else num_workers
-    return DataLoader(DistillDataset(setup.source),
-                      batch_sampler=IterationSpan(setup.sampler, start, stop, setup.rank,
-                                                  setup.world_size),
-                      collate_fn=collate, num_workers=workers,
-                      prefetch_factor=cfg.prefetch_factor if workers else None,
-                      pin_memory=cfg.pin_memory and device.type == "cuda",
-                      persistent_workers=False)
+    return DataLoader(
+        DistillDataset(setup.source),
+        batch_sampler=IterationSpan(setup.sampler, start, stop, setup.rank, setup.world_size),
+        collate_fn=collate,
+        num_workers=workers,
+        prefetch_factor=cfg.prefetch_factor if workers else None,
+        pin_memory=cfg.pin_memory and device.type == "cuda",
+        persistent_workers=False,
+    )
 
 
 def loop_settings(cfg: StudentTrainConfig, iterations: int) -> LoopSettings:
-    return loop.loop_settings(cfg, iterations, sync_batchnorm=cfg.sync_batchnorm,
-                              find_unused_parameters=_may_leave_parameters_unused(cfg))
+    return loop.loop_settings(
+        cfg,
+        iterations,
+        sync_batchnorm=cfg.sync_batchnorm,
+        find_unused_parameters=_may_leave_parameters_unused(cfg),
+    )
 
 
 def _may_leave_parameters_unused(cfg: StudentTrainConfig) -> bool:
@@ -133,9 +144,16 @@ class StudentRun:
 
     def summary(self) -> dict[str, Any]:
         """The ``--json`` record: the loop's fields, then the run's."""
-        return {**dataclasses.asdict(self.loop), "out": self.out, "device": self.device,
-                "mode": self.mode, "loader": self.loader, "lineage": self.lineage,
-                "rank": self.rank, "world_size": self.world_size}
+        return {
+            **dataclasses.asdict(self.loop),
+            "out": self.out,
+            "device": self.device,
+            "mode": self.mode,
+            "loader": self.loader,
+            "lineage": self.lineage,
+            "rank": self.rank,
+            "world_size": self.world_size,
+        }
 
 
 def run(cfg: StudentTrainConfig, *, out: str | Path, resume: bool = False) -> StudentRun:
@@ -151,8 +169,9 @@ def run(cfg: StudentTrainConfig, *, out: str | Path, resume: bool = False) -> St
         return _train(cfg, out, resume, env, device)
 
 
-def _train(cfg: StudentTrainConfig, out: Path, resume: bool, env: distributed.DistEnv,
-           device: torch.device) -> StudentRun:
+def _train(
+    cfg: StudentTrainConfig, out: Path, resume: bool, env: distributed.DistEnv, device: torch.device
+) -> StudentRun:
     setup = prepare(cfg, rank=env.rank, world_size=env.world_size)
     if env.is_main:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -166,16 +185,35 @@ def _train(cfg: StudentTrainConfig, out: Path, resume: bool, env: distributed.Di
     def batches(start: int) -> Iterator[dict[str, Any]]:
         return meter.wrap(make_loader(setup, start, setup.iterations, device))
 
-    mode = ("native" if not setup.cfg.distill else
-            "online" if setup.teacher is not None else "offline")
-    result = train_loop(setup.model, setup.loss_fn, batches,
-                        loop_settings(setup.cfg, setup.iterations), out=out, meta=setup.meta,
-                        device=device, resume=resume, desc=f"student[{mode}/{setup.cfg.task}]",
-                        dist=env)
+    mode = (
+        "native" if not setup.cfg.distill else "online" if setup.teacher is not None else "offline"
+    )
+    result = train_loop(
+        setup.model,
+        setup.loss_fn,
+        batches,
+        loop_settings(setup.cfg, setup.iterations),
+        out=out,
+        meta=setup.meta,
+        device=device,
+        resume=resume,
+        desc=f"student[{mode}/{setup.cfg.task}]",
+        dist=env,
+    )
     feed = meter.record(result.seconds)  # rank 0's wait; samples/s of the whole job
     if env.is_main:
         with sidecar(out, "metrics.jsonl").open("a") as f:  # not a loss record: the plot skips it
-            f.write(json.dumps({"kind": "loader", "iteration": result.iteration,
-                                "world_size": env.world_size, **feed}) + "\n")
-    return StudentRun(result, str(out), str(device), mode, feed, setup.meta["lineage"],
-                      env.rank, env.world_size)
+            f.write(
+                json.dumps(
+                    {
+                        "kind": "loader",
+                        "iteration": result.iteration,
+                        "world_size": env.world_size,
+                        **feed,
+                    }
+                )
+                + "\n"
+            )
+    return StudentRun(
+        result, str(out), str(device), mode, feed, setup.meta["lineage"], env.rank, env.world_size
+    )

@@ -450,6 +450,7 @@ def _worker_teacher(job: ShardJob, device: torch.device) -> torch.nn.Module:
             f"{path}: teacher checkpoint not found {_where()}; workers need the same paths as "
             "the md cache-teacher process (a shared filesystem)"
         ) from None
+
     def load() -> torch.nn.Module:
         if file_sha256(path) != job.teacher_sha256:
             raise MdError(

@@ -218,12 +218,16 @@ class ProcessShardWriter(_WriterProtocol):
         ctx = multiprocessing.get_context("fork")
         self._queue: Any = ctx.Queue(maxsize=max(1, max_queued))
         self._results: Any = ctx.Queue()
-        self._proc = ctx.Process(target=_write_in_child,
-                                 args=(store, self._queue, self._results, os.getpid()),
-                                 name="md-shard-writer", daemon=True)
+        self._proc = ctx.Process(
+            target=_write_in_child,
+            args=(store, self._queue, self._results, os.getpid()),
+            name="md-shard-writer",
+            daemon=True,
+        )
         self._proc.start()
-        self._reader = threading.Thread(target=self._read_results, name="md-writer-results",
-                                        daemon=True)
+        self._reader = threading.Thread(
+            target=self._read_results, name="md-writer-results", daemon=True
+        )
         self._reader.start()
 
     def submit(self, shard: Shard) -> None:

@@ -37,7 +37,9 @@ class TeacherTrainConfig(recipe.RunConfig):
     pretrained: str = ""  # local torchvision resnet18 weight file (width 1 only)
     assign: Literal["iou", "mutual_guidance"] = "iou"  # detection label assignment
     head_channels: int = 128  # neck / PSP channels of the task head (smaller on CPU presets)
-    class_weighting: Literal["none", "enet"] = "none"  # segmentation CE weights (data/class_weights)
+    class_weighting: Literal["none", "enet"] = (
+        "none"  # segmentation CE weights (data/class_weights)
+    )
     class_weights: tuple[float, ...] = ()  # explicit per-class weights; filled in by "enet"
     hflip: bool = True  # random horizontal flips (p = 0.5)
 
@@ -78,32 +80,59 @@ def run(cfg: TeacherTrainConfig, *, out: str | Path, resume: bool = False) -> Te
     out.parent.mkdir(parents=True, exist_ok=True)
     ds = open_dataset(cfg.data, split=cfg.split)
     if ds.task != cfg.task:
-        raise MdError(f"{cfg.data}: a {ds.layout} dataset is for {ds.task}, not {cfg.task}; "
-                      f"pass --task {ds.task}")
+        raise MdError(
+            f"{cfg.data}: a {ds.layout} dataset is for {ds.task}, not {cfg.task}; "
+            f"pass --task {ds.task}"
+        )
     cfg = recipe.resolve_class_weights(cfg, ds)
     iterations = cfg.iterations or recipe.TASK_ITERATIONS[cfg.task]
     kind = "teacher" if cfg.fusion == "gaff" else "decision"
-    margs = model_args(kind, cfg.task, width=cfg.width, head_channels=cfg.head_channels,
-                       levels=cfg.levels, assign=cfg.assign, class_weights=cfg.class_weights)
+    margs = model_args(
+        kind,
+        cfg.task,
+        width=cfg.width,
+        head_channels=cfg.head_channels,
+        levels=cfg.levels,
+        assign=cfg.assign,
+        class_weights=cfg.class_weights,
+    )
     torch.manual_seed(cfg.seed)  # initial weights depend on the seed only
     model = build_model(kind, cfg.task, pretrained=cfg.pretrained or None, **margs)
     save_config(cfg, sidecar(out, "config.yaml"))
-    meta = {"task": cfg.task, "model_kind": kind, "model_args": margs,
-            "config": config_to_dict(cfg), "dataset_fingerprint": dataset_fingerprint(ds),
-            "split": cfg.split}
+    meta = {
+        "task": cfg.task,
+        "model_kind": kind,
+        "model_args": margs,
+        "config": config_to_dict(cfg),
+        "dataset_fingerprint": dataset_fingerprint(ds),
+        "split": cfg.split,
+    }
     sampler_args = (len(ds), cfg.batch_size, iterations, cfg.seed)
 
     def batches(start: int) -> DataLoader:
         sampler = IterationBatchSampler(*sampler_args, start=start)
-        return DataLoader(SeededAugment(ds, _augment(cfg)), batch_sampler=sampler,
-                          collate_fn=collate, num_workers=cfg.num_workers,
-                          pin_memory=torch.cuda.is_available(),
-                          persistent_workers=False)
+        return DataLoader(
+            SeededAugment(ds, _augment(cfg)),
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=cfg.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=False,
+        )
 
     def loss_fn(m: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         return m.loss(m(batch["visible"], batch["thermal"]), batch)
 
     settings = loop_settings(cfg, iterations)
-    result = train_loop(model, loss_fn, batches, settings, out=out, meta=meta, device=device,
-                        resume=resume, desc=f"teacher[{kind}/{cfg.task}]")
+    result = train_loop(
+        model,
+        loss_fn,
+        batches,
+        settings,
+        out=out,
+        meta=meta,
+        device=device,
+        resume=resume,
+        desc=f"teacher[{kind}/{cfg.task}]",
+    )
     return TeacherRun(result, str(out), str(device))

@@ -17,16 +17,22 @@ from md.errors import disk_error
 from md.models.checkpoint import FORMAT, weights_sha256
 
 
-def save_checkpoint(path: str | Path, payload: dict[str, Any], *,
-                    then: str = "rerun the same command") -> None:
+def save_checkpoint(
+    path: str | Path, payload: dict[str, Any], *, then: str = "rerun the same command"
+) -> None:
     """Write atomically (temp file + rename) so an interrupted save never leaves half a file.
 
     A full disk (or quota, read-only filesystem) is a one-line `DiskError` ending in `then`
     (what to do once there is space); the temp file is removed, the old file is kept."""
     path = Path(path)
     state = {k: v.detach().cpu() for k, v in payload["weights"].items()}
-    full = {"format": FORMAT, "md_version": __version__, **payload, "weights": state,
-            "weights_sha256": weights_sha256(state)}
+    full = {
+        "format": FORMAT,
+        "md_version": __version__,
+        **payload,
+        "weights": state,
+        "weights_sha256": weights_sha256(state),
+    }
     tmp = path.with_name(path.name + ".tmp")
     try:
         # Through a Python file, so a failed write raises the OSError (ENOSPC, EDQUOT) with

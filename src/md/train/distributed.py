@@ -74,11 +74,15 @@ def env_from(environ: Mapping[str, str] | None = None) -> DistEnv:
         rank = int(environ.get("RANK", "0"))
         local = int(environ.get("LOCAL_RANK", str(rank)))
     except ValueError:
-        raise MdError("WORLD_SIZE, RANK and LOCAL_RANK must be integers (torchrun sets them); "
-                      "unset them for a single-process run") from None
+        raise MdError(
+            "WORLD_SIZE, RANK and LOCAL_RANK must be integers (torchrun sets them); "
+            "unset them for a single-process run"
+        ) from None
     if world < 1 or not 0 <= rank < world or local < 0:
-        raise MdError(f"RANK={rank} is not in a world of WORLD_SIZE={world}; launch with "
-                      "torchrun, or unset WORLD_SIZE and RANK")
+        raise MdError(
+            f"RANK={rank} is not in a world of WORLD_SIZE={world}; launch with "
+            "torchrun, or unset WORLD_SIZE and RANK"
+        )
     return DistEnv(rank, world, local)
 
 
@@ -87,15 +91,19 @@ def device_for(env: DistEnv, device: str) -> torch.device:
     if not env.active:
         return recipe.resolve_device(device)
     if device.startswith("cuda:"):
-        raise ConfigError(f"device={device} under torchrun: each process uses cuda:LOCAL_RANK; "
-                          "pass device=cuda (or auto)")
+        raise ConfigError(
+            f"device={device} under torchrun: each process uses cuda:LOCAL_RANK; "
+            "pass device=cuda (or auto)"
+        )
     recipe.resolve_device(device)  # a CUDA this machine lacks: one line naming device=cpu
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if not use_cuda:
         return torch.device(device if device != "auto" else "cpu")
     if env.local_rank >= torch.cuda.device_count():
-        raise ConfigError(f"LOCAL_RANK={env.local_rank} but {torch.cuda.device_count()} GPUs are "
-                          "visible; start at most that many processes per node (--nproc-per-node)")
+        raise ConfigError(
+            f"LOCAL_RANK={env.local_rank} but {torch.cuda.device_count()} GPUs are "
+            "visible; start at most that many processes per node (--nproc-per-node)"
+        )
     return torch.device("cuda", env.local_rank)
 
 
@@ -114,11 +122,14 @@ def process_group(env: DistEnv, device: torch.device, timeout_s: float) -> Itera
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     try:
-        dist.init_process_group(backend, rank=env.rank, world_size=env.world_size,
-                                timeout=timedelta(seconds=timeout_s))
+        dist.init_process_group(
+            backend, rank=env.rank, world_size=env.world_size, timeout=timedelta(seconds=timeout_s)
+        )
     except ValueError as e:  # env:// without MASTER_ADDR / MASTER_PORT: not under torchrun
-        raise MdError(f"WORLD_SIZE={env.world_size} is set but the process group cannot start "
-                      f"({e}); launch with torchrun, or unset WORLD_SIZE") from None
+        raise MdError(
+            f"WORLD_SIZE={env.world_size} is set but the process group cannot start "
+            f"({e}); launch with torchrun, or unset WORLD_SIZE"
+        ) from None
     try:
         yield
     finally:
@@ -147,6 +158,7 @@ def mean_over_ranks(values: Mapping[str, Tensor], env: DistEnv) -> dict[str, Ten
 
 
 # --- global loss normalisers -----------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def synced_normalisers(env: DistEnv) -> Iterator[None]:
@@ -202,8 +214,12 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized()
-                and dist.get_world_size() > 1):
+        if not (
+            self.training
+            and dist.is_available()
+            and dist.is_initialized()
+            and dist.get_world_size() > 1
+        ):
             return super().forward(x)
         assert self.momentum is not None, "cumulative BatchNorm averages are not supported"
         world, rank = dist.get_world_size(), dist.get_rank()
@@ -213,7 +229,11 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         table = xf.new_zeros(world, 2 * mean.numel() + 1)
         table[rank] = torch.cat([count, mean, var])
         table = _AllReduceSum.apply(table)  # (W, 1 + 2C): every rank's count, mean, var
-        counts, means, variances = table[:, :1], table[:, 1:1 + mean.numel()], table[:, 1 + mean.numel():]
+        counts, means, variances = (
+            table[:, :1],
+            table[:, 1 : 1 + mean.numel()],
+            table[:, 1 + mean.numel() :],
+        )
         n = counts.sum()
         g_mean = (counts * means).sum(0) / n
         g_var = (counts * (variances + (means - g_mean).pow(2))).sum(0) / n  # biased
@@ -237,8 +257,9 @@ def convert_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     if device.type != "cpu":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if type(model) is nn.BatchNorm2d:
-        synced = SyncBatchNorm2d(model.num_features, model.eps, model.momentum, model.affine,
-                                 model.track_running_stats)
+        synced = SyncBatchNorm2d(
+            model.num_features, model.eps, model.momentum, model.affine, model.track_running_stats
+        )
         synced.weight, synced.bias = model.weight, model.bias
         for name in ("running_mean", "running_var", "num_batches_tracked"):
             setattr(synced, name, getattr(model, name))
@@ -249,18 +270,28 @@ def convert_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
-def wrap(model: nn.Module, env: DistEnv, device: torch.device, *,
-         find_unused_parameters: bool = False, sync_batchnorm: bool = True) -> nn.Module:
+def wrap(
+    model: nn.Module,
+    env: DistEnv,
+    device: torch.device,
+    *,
+    find_unused_parameters: bool = False,
+    sync_batchnorm: bool = True,
+) -> nn.Module:
     """DistributedDataParallel over `model` (already on `device`; BatchNorm already converted
     when `sync_batchnorm`). Buffers are broadcast from rank 0 each step only when BatchNorm is
     not synchronised (synchronised running statistics are equal on every rank anyway)."""
     ids = [device.index] if device.type == "cuda" else None
     # torch >= 2.13 renames broadcast_buffers (deprecated there) to forward_sync_buffers.
-    sync = ("forward_sync_buffers" if "forward_sync_buffers" in
-            inspect.signature(DistributedDataParallel.__init__).parameters else "broadcast_buffers")
+    sync = (
+        "forward_sync_buffers"
+        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+        else "broadcast_buffers"
+    )
     options: dict[str, Any] = {sync: not sync_batchnorm}
-    return DistributedDataParallel(model, device_ids=ids,
-                                   find_unused_parameters=find_unused_parameters, **options)
+    return DistributedDataParallel(
+        model, device_ids=ids, find_unused_parameters=find_unused_parameters, **options
+    )
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -37,8 +37,9 @@ LossFn = Callable[[nn.Module, dict[str, Any]], dict[str, torch.Tensor]]
 RUN_CONTROL_FIELDS = recipe.run_control_fields(recipe.RunConfig)
 
 
-def training_identity(config: dict[str, Any] | None,
-                      run_control: frozenset[str] = RUN_CONTROL_FIELDS) -> dict[str, Any]:
+def training_identity(
+    config: dict[str, Any] | None, run_control: frozenset[str] = RUN_CONTROL_FIELDS
+) -> dict[str, Any]:
     """The saved config without its run-control fields: what a resume must match."""
     return {k: v for k, v in (config or {}).items() if k not in run_control}
 
@@ -66,19 +67,33 @@ class LoopSettings:
     run_control: frozenset[str] = RUN_CONTROL_FIELDS  # config fields a resume may change
 
 
-def loop_settings(cfg: recipe.RunConfig, iterations: int, *, sync_batchnorm: bool = True,
-                  find_unused_parameters: bool = False) -> LoopSettings:
+def loop_settings(
+    cfg: recipe.RunConfig,
+    iterations: int,
+    *,
+    sync_batchnorm: bool = True,
+    find_unused_parameters: bool = False,
+) -> LoopSettings:
     """The loop's settings from a training command's config (`iterations`: resolved, e.g.
     the task's default for iterations=0; warm-up never longer than the run)."""
     return LoopSettings(
-        iterations=iterations, lr=cfg.lr, momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay, warmup_iters=min(cfg.warmup_iters, iterations),
-        warmup_start_lr=cfg.warmup_start_lr, seed=cfg.seed, amp=cfg.amp,
-        channels_last=cfg.channels_last, log_every=cfg.log_every,
-        checkpoint_every=cfg.checkpoint_every, stop_after=cfg.stop_after,
-        progress=cfg.progress, sync_batchnorm=sync_batchnorm,
+        iterations=iterations,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        warmup_iters=min(cfg.warmup_iters, iterations),
+        warmup_start_lr=cfg.warmup_start_lr,
+        seed=cfg.seed,
+        amp=cfg.amp,
+        channels_last=cfg.channels_last,
+        log_every=cfg.log_every,
+        checkpoint_every=cfg.checkpoint_every,
+        stop_after=cfg.stop_after,
+        progress=cfg.progress,
+        sync_batchnorm=sync_batchnorm,
         find_unused_parameters=find_unused_parameters,
-        run_control=recipe.run_control_fields(type(cfg)))
+        run_control=recipe.run_control_fields(type(cfg)),
+    )
 
 
 @dataclass(frozen=True)
@@ -105,8 +120,11 @@ def resume_path(out: Path) -> Path:
     return out.with_name(out.name + ".resume")
 
 
-def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool = False,
-              ) -> dict[str, Any]:
+def to_device(
+    batch: dict[str, Any],
+    device: torch.device,
+    channels_last: bool = False,
+) -> dict[str, Any]:
     """Move tensors (and lists of tensors) to `device`; images optionally channels_last."""
 
     def move(v: Any) -> Any:
@@ -157,22 +175,47 @@ def train_loop(
     opt = recipe.make_optimizer(model, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=(s.amp == "fp16"))
     start = _restore(model, opt, out, meta, device, s) if resume else 0  # every rank, one file
-    net = (distributed.wrap(model, dist, device, find_unused_parameters=s.find_unused_parameters,
-                            sync_batchnorm=s.sync_batchnorm) if dist.active else model)
-    log = (MetricsLog(sidecar(out, "metrics.jsonl"), resume_from=start if resume else None)
-           if main else None)  # rank 0's log; the others' losses reach it averaged
+    net = (
+        distributed.wrap(
+            model,
+            dist,
+            device,
+            find_unused_parameters=s.find_unused_parameters,
+            sync_batchnorm=s.sync_batchnorm,
+        )
+        if dist.active
+        else model
+    )
+    log = (
+        MetricsLog(sidecar(out, "metrics.jsonl"), resume_from=start if resume else None)
+        if main
+        else None
+    )  # rank 0's log; the others' losses reach it averaged
 
     def save_resume(iteration: int) -> None:
         if main:
-            save_checkpoint(resume_path(out), {**meta, "iteration": iteration,
-                                               "weights": model.state_dict(),
-                                               "optimizer": opt.state_dict()}, then=_RESUME)
+            save_checkpoint(
+                resume_path(out),
+                {
+                    **meta,
+                    "iteration": iteration,
+                    "weights": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                },
+                then=_RESUME,
+            )
 
     t0, done = time.perf_counter(), start  # done: iterations whose step has completed
     stopped = False  # by stop_after: the resume file holds the run
     last: dict[str, float] = {}
-    bar = progress_bar(total=s.iterations, initial=start, desc=desc, disable=not (s.progress and main),
-               dynamic_ncols=True, unit="it")
+    bar = progress_bar(
+        total=s.iterations,
+        initial=start,
+        desc=desc,
+        disable=not (s.progress and main),
+        dynamic_ncols=True,
+        unit="it",
+    )
     net.train()
     stream: Iterator[dict[str, Any]] = iter(batches(start))
     try:
@@ -198,22 +241,44 @@ def train_loop(
     if not stopped:
         model.eval()
         if main:
-            save_checkpoint(out, {**meta, "iteration": s.iterations,
-                                  "weights": model.state_dict()}, then=_RESUME)
+            save_checkpoint(
+                out,
+                {**meta, "iteration": s.iterations, "weights": model.state_dict()},
+                then=_RESUME,
+            )
             resume_path(out).unlink(missing_ok=True)
             plot_loss_curves(sidecar(out, "metrics.jsonl"), sidecar(out, "loss.png"), title=desc)
     distributed.barrier(dist)
-    return LoopResult(completed=not stopped, iteration=done if stopped else s.iterations,
-                      seconds=time.perf_counter() - t0, last=last)
+    return LoopResult(
+        completed=not stopped,
+        iteration=done if stopped else s.iterations,
+        seconds=time.perf_counter() - t0,
+        last=last,
+    )
 
 
-def _step(model: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-          loss_fn: LossFn, batch: dict[str, Any], it: int, s: LoopSettings,
-          device: torch.device, dist: distributed.DistEnv) -> dict[str, float]:
+def _step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    loss_fn: LossFn,
+    batch: dict[str, Any],
+    it: int,
+    s: LoopSettings,
+    device: torch.device,
+    dist: distributed.DistEnv,
+) -> dict[str, float]:
     distributed.seed_step(s.seed, it, dist)
-    recipe.set_lr(opt, recipe.lr_at(it, lr=s.lr, iterations=s.iterations,
-                                     warmup_iters=s.warmup_iters,
-                                     warmup_start_lr=s.warmup_start_lr))
+    recipe.set_lr(
+        opt,
+        recipe.lr_at(
+            it,
+            lr=s.lr,
+            iterations=s.iterations,
+            warmup_iters=s.warmup_iters,
+            warmup_start_lr=s.warmup_start_lr,
+        ),
+    )
     batch = to_device(batch, device, s.channels_last)
     with _autocast(device, s.amp), distributed.synced_normalisers(dist):
         losses = loss_fn(model, batch)
@@ -223,8 +288,9 @@ def _step(model: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradSc
     logged = distributed.mean_over_ranks(losses, dist)
     if not torch.isfinite(logged["total"]):
         parts = {k: float(v) for k, v in logged.items()}
-        raise MdError(f"loss became non-finite at iteration {it} ({parts}); lower lr= or "
-                      "check the data")
+        raise MdError(
+            f"loss became non-finite at iteration {it} ({parts}); lower lr= or check the data"
+        )
     opt.zero_grad(set_to_none=True)
     scaler.scale(total).backward()
     if s.grad_clip > 0:
@@ -235,12 +301,19 @@ def _step(model: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradSc
     return {k: float(v) for k, v in logged.items()}
 
 
-def _restore(model: nn.Module, opt: torch.optim.Optimizer, out: Path, meta: dict[str, Any],
-             device: torch.device, s: LoopSettings) -> int:
+def _restore(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    out: Path,
+    meta: dict[str, Any],
+    device: torch.device,
+    s: LoopSettings,
+) -> int:
     path = resume_path(out)
     if not path.exists():
-        raise MdError(f"{path}: nothing to resume (no resume file beside {out.name}); "
-                      "run without --resume")
+        raise MdError(
+            f"{path}: nothing to resume (no resume file beside {out.name}); run without --resume"
+        )
     ckpt = load_checkpoint(path, task=meta.get("task"), model_kind=meta.get("model_kind"))
     then = training_identity(ckpt.get("config"), s.run_control)
     now = training_identity(meta.get("config"), s.run_control)
@@ -248,11 +321,15 @@ def _restore(model: nn.Module, opt: torch.optim.Optimizer, out: Path, meta: dict
         keys = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
         diff = ", ".join(f"{k}: {then.get(k)!r} then, {now.get(k)!r} now" for k in keys[:4])
         more = f" (+{len(keys) - 4} more)" if len(keys) > 4 else ""
-        raise MdError(f"{path}: the interrupted run used a different config ({diff}{more}); "
-                      "resume with the same options, or start over without --resume")
+        raise MdError(
+            f"{path}: the interrupted run used a different config ({diff}{more}); "
+            "resume with the same options, or start over without --resume"
+        )
     if ckpt.get("dataset_fingerprint") != meta.get("dataset_fingerprint"):
-        raise MdError(f"{path}: the interrupted run used different data; resume with the same "
-                      "dataset, or start over without --resume")
+        raise MdError(
+            f"{path}: the interrupted run used different data; resume with the same "
+            "dataset, or start over without --resume"
+        )
     model.load_state_dict(ckpt["weights"])
     opt.load_state_dict(ckpt["optimizer"])
     for state in opt.state.values():
@@ -260,5 +337,3 @@ def _restore(model: nn.Module, opt: torch.optim.Optimizer, out: Path, meta: dict
             if isinstance(v, torch.Tensor):
                 state[k] = v.to(device)
     return int(ckpt["iteration"])
-
-

@@ -125,8 +125,9 @@ def resolve_class_weights(cfg: Any, ds: Any) -> Any:
     return dataclasses.replace(cfg, class_weights=dataset_class_weights(ds))
 
 
-def lr_at(iteration: int, *, lr: float, iterations: int, warmup_iters: int,
-          warmup_start_lr: float) -> float:
+def lr_at(
+    iteration: int, *, lr: float, iterations: int, warmup_iters: int, warmup_start_lr: float
+) -> float:
     """Learning rate for 0-based `iteration`: linear warm-up, then cosine decay to 0."""
     if warmup_iters > 0 and iteration < warmup_iters:
         t = iteration / warmup_iters
@@ -136,8 +137,9 @@ def lr_at(iteration: int, *, lr: float, iterations: int, warmup_iters: int,
     return 0.5 * lr * (1.0 + math.cos(math.pi * t))
 
 
-def make_optimizer(model: nn.Module, *, lr: float, momentum: float,
-                   weight_decay: float) -> torch.optim.SGD:
+def make_optimizer(
+    model: nn.Module, *, lr: float, momentum: float, weight_decay: float
+) -> torch.optim.SGD:
     """SGD with momentum; no weight decay on norm layers and biases (1-D parameters)."""
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []

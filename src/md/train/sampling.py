@@ -19,8 +19,7 @@ from torch.utils.data import Dataset, Sampler
 class IterationBatchSampler(Sampler[list[tuple[int, int]]]):
     """Yields `[(index, aug_seed), ...]` for iterations `start .. iterations-1`."""
 
-    def __init__(self, n: int, batch_size: int, iterations: int, seed: int,
-                 start: int = 0) -> None:
+    def __init__(self, n: int, batch_size: int, iterations: int, seed: int, start: int = 0) -> None:
         if n <= 0:
             raise ValueError("cannot sample batches from an empty dataset")
         self.n, self.batch_size, self.iterations = n, batch_size, iterations

@@ -115,8 +115,9 @@ class SegmentationHead(nn.Module):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         if class_weights is not None and len(class_weights) != num_classes:
-            raise ValueError(f"class_weights has {len(class_weights)} entries for "
-                             f"{num_classes} classes")
+            raise ValueError(
+                f"class_weights has {len(class_weights)} entries for {num_classes} classes"
+            )
         weights = torch.tensor(list(class_weights or []), dtype=torch.float32)
         # A buffer (moves with .to(device)) kept out of the state dict: it is a training option
         # recorded in the checkpoint's model_args, not a learned weight.
@@ -143,15 +144,19 @@ class SegmentationHead(nn.Module):
         ignore = -100 if self.ignore_index is None else self.ignore_index  # -100: no label uses it
         weight: Tensor | None = self.class_weights  # type: ignore[assignment]
         if (weight is None and self.ignore_index is None) or not syncing_normalisers():
-            return {"seg": F.cross_entropy(logits.float(), labels.long(), weight=weight,
-                                           ignore_index=ignore)}
+            return {
+                "seg": F.cross_entropy(
+                    logits.float(), labels.long(), weight=weight, ignore_index=ignore
+                )
+            }
         # DDP step: divide by the global batch's weight sum (or count of labelled pixels), not
         # this rank's, so the ranks' average is the one-process loss on the global batch.
         labels = labels.long()
         valid = labels != ignore
         per_pixel = weight[labels[valid]] if weight is not None else valid.float()
-        total = F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=ignore,
-                                reduction="sum")
+        total = F.cross_entropy(
+            logits.float(), labels, weight=weight, ignore_index=ignore, reduction="sum"
+        )
         return {"seg": total / share_of_total(per_pixel.sum(), minimum=1e-12)}
 
     @torch.no_grad()
