@@ -94,6 +94,11 @@ def cache(
 
     return run(
         CacheConfig(
-            teacher=teacher, data=data, split=split, store=store, codec=codec, progress=progress
+            teacher=teacher,
+            data=data,
+            split=split,
+            store=store,
+            codec=codec,  # type: ignore[arg-type]  # a codec name; CacheConfig checks it
+            progress=progress,
         )
-    )  # type: ignore[arg-type]
+    )
