@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
 # Both bootstrap .venv: the torch wheel first (CPU build by default, so an open range does not
-# pull several GB of CUDA packages), then md itself in editable mode with its dev extras.
+# pull several GB of CUDA packages), then md itself in editable mode with its dev and export extras.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,export]'
 	touch $(STAMP)
 
 demo: $(STAMP)

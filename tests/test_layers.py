@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("md.models",),
     ("md.train",),
     ("md.teacher_train", "md.teacher_cache", "md.student_train", "md.eval", "md.tables"),
+    ("md.deploy",),
     ("md.bench", "md.demo"),
     ("md.cli",),
 ]
