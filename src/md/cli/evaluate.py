@@ -37,9 +37,20 @@ def evaluate() -> None:
     is_flag=True,
     help="Score a file without any detection (100 % miss rate) instead of refusing it.",
 )
+@click.option(
+    "--image-size",
+    default=None,
+    help="WxH of the images when they are not KAIST's 640x512: the 55 px height threshold "
+    "and the 5 px border scale with it, as in md evaluate model.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def kaist_results(
-    results: Path, annotations: Path, subset: str | None, allow_empty: bool, as_json: bool
+    results: Path,
+    annotations: Path,
+    subset: str | None,
+    allow_empty: bool,
+    image_size: str | None,
+    as_json: bool,
 ) -> None:
     """Log-average miss rate (percent, reasonable setting) of a KAIST RESULTS file.
 
@@ -52,7 +63,8 @@ def kaist_results(
     chosen = cast(kaist.Subset, subset or "all")
     detections = kaist.load_results(results, ann, numbering=chosen, allow_empty=allow_empty)
     subsets = (chosen,) if subset else kaist.SUBSETS
-    rates = kaist.miss_rates(ann, detections, subsets)
+    setting = kaist.ReasonableSetting(image_size=_image_size(image_size))
+    rates = kaist.miss_rates(ann, detections, subsets, setting)
     if as_json:
         click.echo(json.dumps({"miss_rate": rates}))
         return
@@ -93,6 +105,15 @@ def mfnet_predictions(
         click.echo(json.dumps(report))
         return
     click.echo(_mfnet_table(report))
+
+
+def _image_size(value: str | None) -> tuple[int, int]:
+    if value is None:
+        return kaist.KAIST_IMAGE_SIZE
+    w, _, h = value.lower().partition("x")
+    if not (w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
+        raise click.BadParameter(f"{value!r}: use WxH, e.g. 640x512", param_hint="--image-size")
+    return int(w), int(h)
 
 
 def _mfnet_table(report: mfnet.Report) -> str:

@@ -51,11 +51,12 @@ def thermal_sizes(info: ModelInfo, image_size: tuple[int, int]) -> tuple[tuple[i
     resolution first, then full size; () for a model without thermal input."""
     if not info.uses_thermal:
         return ()
-    fixed = info.image_size is not None and info.thermal_size is not None
-    if fixed and tuple(info.image_size) == tuple(image_size):  # type: ignore[arg-type]
-        return (tuple(info.thermal_size),)  # type: ignore[return-value]
-    low = low_thermal_size(image_size, info.thermal_factor)
-    return (low,) if low == tuple(image_size) else (low, tuple(image_size))
+    image = (int(image_size[0]), int(image_size[1]))
+    fixed, low_fixed = info.image_size, info.thermal_size
+    if fixed is not None and low_fixed is not None and (int(fixed[0]), int(fixed[1])) == image:
+        return ((int(low_fixed[0]), int(low_fixed[1])),)
+    low = low_thermal_size(image, info.thermal_factor)
+    return (low,) if low == image else (low, image)
 
 
 class CheckpointPredictor:
@@ -83,7 +84,8 @@ class CheckpointPredictor:
         self.device = resolve_device(device)
         self.model = model.to(self.device)
         head = getattr(model, "head", None)
-        self.head: Any = head if head is not None else model.visible.head  # decision baseline
+        # the decision-level baseline has a head per stream; both are the same kind
+        self.head: Any = head if head is not None else model.visible.head  # type: ignore[union-attr]
         args = ckpt.get("model_args", {})
         self.info = ModelInfo(
             task=self.task,

@@ -50,7 +50,7 @@ def open_predictor(path: str | Path, **kwargs: Any) -> Predictor:
                 f"installation lacks ({e}); update md (pip install 'md[export]') or pass the "
                 ".pt checkpoint"
             ) from None
-        return open_exported(path, **kwargs)  # type: ignore[no-any-return]
+        return open_exported(path, **kwargs)  # type: ignore[no-any-return,unused-ignore]
     from md.deploy.checkpoint import CheckpointPredictor
 
     return CheckpointPredictor(path, **kwargs)

@@ -63,9 +63,7 @@ def load_checkpoint(
             "training command wrote"
         )
     if weights_sha256(ckpt["weights"]) != ckpt.get("weights_sha256"):
-        raise MdError(
-            f"{path}: weights do not match their sha256; the file is damaged: re-copy it"
-        )
+        raise MdError(f"{path}: weights do not match their sha256; the file is damaged: re-copy it")
     if task is not None and ckpt.get("task") != task:
         raise MdError(
             f"{path}: checkpoint is for {ckpt.get('task')}, not {task}; use a {task} checkpoint"
