@@ -14,7 +14,7 @@ from PIL import Image
 
 from md.cli import main
 from md.data import open_dataset
-from md.deploy.predict import failure_plan
+from md.deploy.predict import agreement_counts, failure_plan
 from md.eval.model_eval import evaluate_model
 from tests.conftest import one_torch_thread
 
@@ -314,3 +314,56 @@ def test_existing_output_is_refused(checkpoints: dict, synth_det: Path, tmp_path
         "predict", checkpoints[("detection", "md16")], "--data", synth_det, "--out", out
     )
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_agreement_counts_on_hand_built_boxes() -> None:
+    def dets(*boxes: tuple[float, float, float, float, float]) -> dict:
+        a = np.array(boxes, np.float32).reshape(-1, 5)
+        return {"boxes": a[:, :4], "scores": a[:, 4]}
+
+    a = dets((0, 0, 10, 10, 0.9), (20, 20, 30, 30, 0.8), (50, 50, 60, 60, 0.1))
+    b = dets((0, 0, 10, 12, 0.7), (40, 40, 45, 45, 0.6))  # IoU 100/120 with a's first box
+    assert agreement_counts("detection", a, b, 0.3) == (2, 4)  # 1 match; 2 + 2 boxes counted
+    assert agreement_counts("detection", a, a, 0.3) == (4, 4)
+    assert agreement_counts("detection", a, dets(), 0.3) == (0, 2)
+    assert agreement_counts("detection", dets(), dets(), 0.3) == (0, 0)
+    # one box of b cannot match two of a
+    twin = dets((0, 0, 10, 10, 0.9), (0, 0, 10, 10, 0.8))
+    assert agreement_counts("detection", twin, dets((0, 0, 10, 10, 0.9)), 0.3) == (2, 3)
+    x = np.array([[0, 1], [2, 3]], np.uint8)
+    assert agreement_counts("segmentation", x, np.array([[0, 1], [2, 0]], np.uint8)) == (3, 4)
+
+
+def test_shadow_agreement_and_nan_thermal(
+    checkpoints: dict, synth_det: Path, tmp_path: Path
+) -> None:
+    vdir, tdir = write_pairs(synth_det, tmp_path)
+    first = sorted(tdir.iterdir())[0]
+    with Image.open(first) as img:
+        frame = np.asarray(img, np.float32) / 255
+    frame[3, 3] = np.nan
+    np.save(tdir / f"{first.stem}.npy", frame)
+    first.unlink()
+    out = tmp_path / "o"
+    text = md(
+        "predict",
+        checkpoints[("detection", "md16")],
+        "--visible-dir",
+        vdir,
+        "--thermal-dir",
+        tdir,
+        "--out",
+        out,
+        "--fallback",
+        checkpoints[("detection", "visible")],
+        "--shadow",
+        "--agree-score",
+        "0.05",
+    )
+    recs = records(out)
+    assert recs[0]["health"] == "nonfinite" and recs[0]["served_by"] == "fallback"
+    assert "agreement" not in recs[0]
+    assert all(0 <= r["agreement"] <= 1 for r in recs[1:])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["agreement"]["frames"] == 3 and summary["agreement"]["compared"] > 0
+    assert "agreement with the fallback on 3 healthy frames" in text

@@ -101,6 +101,19 @@ import click
     is_flag=True,
     help="With --data: also compute the metric of md evaluate model over all frames.",
 )
+@click.option(
+    "--shadow",
+    is_flag=True,
+    help="With --fallback: the backup also predicts the healthy frames (not served) and the "
+    "summary gives the two models' agreement on them.",
+)
+@click.option(
+    "--agree-score",
+    type=click.FloatRange(min=0, max=1),
+    default=0.3,
+    show_default=True,
+    help="Detections from this score count in the --shadow agreement.",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -122,6 +135,8 @@ def predict(
     simulate_failures: float,
     seed: int,
     score: bool,
+    shadow: bool,
+    agree_score: float,
     batch_size: int,
     device: str,
     as_json: bool,
@@ -153,6 +168,8 @@ def predict(
         simulate_failures=simulate_failures,
         seed=seed,
         score=score,
+        shadow=shadow,
+        agree_score=agree_score,
         progress=not as_json,
     )
     summary = run(cfg)
@@ -166,6 +183,9 @@ def predict(
         m = summary["metric"]
         key = "miss_rate" if "miss_rate" in m else "mean_iou"
         click.echo(f"{key}: " + "  ".join(f"{s} {m[key].get(s)}" for s in ("all", "day", "night")))
+    if summary.get("agreement"):
+        a = summary["agreement"]
+        click.echo(f"agreement with the fallback on {a['frames']} healthy frames: {a['value']}")
     click.echo(
         f"{summary['frames']} frames in {summary['seconds']:.2f} s, "
         f"{summary['frames_per_s']} frames/s: {served.get('primary', 0)} by {model.name}, "

@@ -62,6 +62,8 @@ _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
 FAILURE_KINDS = ("dead", "missing", "frozen")
 FAILURE_BLOCK = 4  # frames per simulated failure episode
 OVERLAY_MIN_SCORE = 0.5  # boxes drawn on overlays
+AGREE_MIN_SCORE = 0.3  # default score from which detections count in the agreement
+AGREE_IOU = 0.5
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ class PredictConfig:
     simulate_failures: float = 0.0
     seed: int = 0
     score: bool = False
+    shadow: bool = False  # the fallback also predicts healthy frames: agreement, not served
+    agree_score: float = AGREE_MIN_SCORE
     progress: bool = True
 
 
@@ -312,7 +316,13 @@ class Output:
         self.index = 0
 
     def add(
-        self, frame: Frame, health: Health, served_by: str | None, model: str | None, pred: Any
+        self,
+        frame: Frame,
+        health: Health,
+        served_by: str | None,
+        model: str | None,
+        pred: Any,
+        agree: tuple[int, int] | None = None,
     ) -> None:
         self.index += 1
         rec: dict[str, Any] = {
@@ -325,6 +335,8 @@ class Output:
             "served_by": served_by,
             "model": model,
         }
+        if agree is not None:
+            rec["agreement"] = agree[0] / agree[1] if agree[1] else 1.0
         if self.task == "detection":
             boxes = np.zeros((0, 4), np.float32) if pred is None else pred["boxes"]
             scores = np.zeros(0, np.float32) if pred is None else pred["scores"]
@@ -447,6 +459,7 @@ def run(cfg: PredictConfig) -> dict[str, Any]:
     reasons: Counter[str] = Counter()
     served: Counter[str] = Counter()
     scored: list[tuple[Frame, Any]] = []
+    agreed = [0, 0]  # (agreeing, compared) detections or pixels over the shadowed frames
     t0 = time.perf_counter()
     bar = progress_bar(total=n, desc="predict", unit="frame", disable=not cfg.progress)
     try:
@@ -459,10 +472,19 @@ def run(cfg: PredictConfig) -> dict[str, Any]:
                 for h in checks
             ]
             preds = _predict_chunk(chunk, who, primary, backup)
-            for f, h, w, p in zip(chunk, checks, who, preds, strict=True):
+            shadow: list[Any] = [None] * len(chunk)
+            if cfg.shadow and backup is not None:
+                healthy: list[str | None] = ["fallback" if h.ok else None for h in checks]
+                shadow = _predict_chunk(chunk, healthy, primary, backup)
+            for f, h, w, p, b in zip(chunk, checks, who, preds, shadow, strict=True):
                 reasons[h.reason] += 1
                 served[w or "none"] += 1
-                out.add(f, h, w, names.get(w or ""), p)
+                agree = None
+                if b is not None and p is not None and w == "primary":
+                    agree = agreement_counts(task, p, b, cfg.agree_score)
+                    agreed[0] += agree[0]
+                    agreed[1] += agree[1]
+                out.add(f, h, w, names.get(w or ""), p, agree)
                 if cfg.score:
                     scored.append((f, p))
             bar.update(len(chunk))
@@ -482,6 +504,16 @@ def run(cfg: PredictConfig) -> dict[str, Any]:
         }
         if cfg.score:
             summary["metric"] = score(task, scored)
+        if cfg.shadow and backup is not None:
+            summary["agreement"] = {
+                "value": agreed[0] / agreed[1] if agreed[1] else None,
+                "compared": agreed[1],
+                "frames": reasons["ok"],
+                "of": "pixels with the same class"
+                if task == "segmentation"
+                else f"detections (score >= {cfg.agree_score}) matched at IoU >= {AGREE_IOU}, "
+                "2 x matched / (both counts)",
+            }
         out.commit(summary)
     except BaseException:
         out.abort()
@@ -591,3 +623,32 @@ def score(task: str, scored: list[tuple[Frame, Any]]) -> dict[str, Any]:
         np.zeros(f.visible.shape[-2:], np.uint8) if p is None else np.asarray(p) for f, p in scored
     ]
     return dict(mfnet.evaluate_arrays(names, labels, preds))
+
+
+def agreement_counts(
+    task: str, a: Any, b: Any, min_score: float = AGREE_MIN_SCORE
+) -> tuple[int, int]:
+    """(agreeing, compared) between two models' predictions of one frame: pixels of the same
+    class (segmentation); for detection 2 x the boxes matched one-to-one at IoU >=
+    `AGREE_IOU` (greedy, by score) and the number of boxes of both, scores >= `min_score`."""
+    if task == "segmentation":
+        x, y = np.asarray(a), np.asarray(b)
+        return int(np.count_nonzero(x == y)), int(x.size)
+    ba = a["boxes"][a["scores"] >= min_score].astype(np.float64)
+    bb = b["boxes"][b["scores"] >= min_score].astype(np.float64)
+    if len(ba) == 0 or len(bb) == 0:
+        return 0, len(ba) + len(bb)
+    lt = np.maximum(ba[:, None, :2], bb[None, :, :2])
+    rb = np.minimum(ba[:, None, 2:], bb[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
+    iou = inter / (area(ba)[:, None] + area(bb)[None, :] - inter)
+    taken = np.zeros(len(bb), bool)
+    matched = 0
+    for i in range(len(ba)):  # boxes come sorted by descending score
+        cand = np.where(~taken & (iou[i] >= AGREE_IOU), iou[i], -1.0)
+        j = int(cand.argmax())
+        if cand[j] >= AGREE_IOU:
+            taken[j] = True
+            matched += 1
+    return 2 * matched, len(ba) + len(bb)
