@@ -358,7 +358,7 @@ def test_shadow_agreement_and_nan_thermal(
         checkpoints[("detection", "visible")],
         "--shadow",
         "--agree-score",
-        "0.05",
+        "0.01",
     )
     recs = records(out)
     assert recs[0]["health"] == "nonfinite" and recs[0]["served_by"] == "fallback"
