@@ -181,6 +181,14 @@ def _thermal_factor(value: str | None) -> int | None:
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--latency", is_flag=True, help="Also time batch-1 inference (median ms).")
+@click.option(
+    "--corrupt",
+    default=None,
+    help="Corrupt every test image first: NAME[:SEVERITY 0-5, default 3], NAME one of "
+    "thermal_noise, thermal_dead, thermal_drift, fog, blur, low_light, jpeg (seeded per "
+    "sample id; see md.data.corrupt).",
+)
+@click.option("--corrupt-seed", type=int, default=0, show_default=True, help="Seed of --corrupt.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def model_cmd(
     checkpoint: Path,
@@ -191,6 +199,8 @@ def model_cmd(
     batch_size: int,
     device: str,
     latency: bool,
+    corrupt: str | None,
+    corrupt_seed: int,
     as_json: bool,
 ) -> None:
     """Evaluate a teacher or student CHECKPOINT on a dataset split.
@@ -198,8 +208,10 @@ def model_cmd(
     Detection: KAIST log-average miss rate (reasonable setting, thresholds scaled to the
     image size) for all / day / night. Segmentation: MFNet mean accuracy and mean IoU.
     """
+    from md.data.corrupt import get_corruption
     from md.eval.model_eval import evaluate_model
 
+    corruption = None if corrupt is None else get_corruption(corrupt, seed=corrupt_seed)
     result = evaluate_model(
         checkpoint,
         data,
@@ -209,6 +221,7 @@ def model_cmd(
         batch_size=batch_size,
         device=device,
         latency=latency,
+        corrupt=corruption,
     )
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -216,6 +229,7 @@ def model_cmd(
     click.echo(
         f"{result['model_kind']} {checkpoint} on {data} [{split}], "
         f"thermal factor {result['thermal_factor']}, {result['samples']} images"
+        + (f", corrupted: {result['corruption']}" if result.get("corruption") else "")
     )
     metrics = ("miss_rate",) if result["task"] == "detection" else ("mean_accuracy", "mean_iou")
     for m in metrics:
