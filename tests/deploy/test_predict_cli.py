@@ -15,8 +15,10 @@ from PIL import Image
 from md.cli import main
 from md.data import open_dataset
 from md.deploy.predict import agreement_counts, failure_plan
+from md.errors import MdError
 from md.eval.model_eval import evaluate_model
 from tests.conftest import one_torch_thread
+from tests.deploy.test_predict_checkpoint import camera_frames
 
 
 def md(*args: str | Path, expect: int = 0) -> str:
@@ -367,3 +369,57 @@ def test_shadow_agreement_and_nan_thermal(
     summary = json.loads((out / "summary.json").read_text())
     assert summary["agreement"]["frames"] == 3 and summary["agreement"]["compared"] > 0
     assert "agreement with the fallback on 3 healthy frames" in text
+
+
+class FixedSizeStub:
+    """A predictor fixed to 96x80 with 24x20 thermal (what an exported file declares)."""
+
+    def __init__(self, path: str) -> None:
+        from md.deploy.runtime import ModelInfo
+
+        self.info = ModelInfo("detection", 1, (80, 96), (20, 24), 16, 0.01, "onnx", path, "0" * 64)
+        self.thermal: list[np.ndarray] = []
+
+    def predict(self, visible: np.ndarray, thermal: np.ndarray | None) -> list:
+        assert thermal is not None
+        self.thermal.append(thermal)
+        return [
+            {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32)}
+            for _ in visible
+        ]
+
+
+def test_fixed_size_model_gets_camera_size_thermal(
+    synth_det: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    import md.deploy.predict as predict
+
+    stub = FixedSizeStub("m.onnx")
+    monkeypatch.setattr(predict, "open_predictor", lambda path, **kw: stub)
+    predict.run(
+        predict.PredictConfig(
+            model="m.onnx", out=str(tmp_path / "o"), data=str(synth_det), progress=False
+        )
+    )
+    fed = np.concatenate(stub.thermal)
+    assert fed.shape == (4, 1, 20, 24) and fed.dtype == np.uint8
+    _, full = [torch.from_numpy(a.astype(np.float32) / 255) for a in camera_frames(synth_det)]
+    low = torch.nn.functional.interpolate(full, size=(20, 24), mode="bilinear", align_corners=False)
+    assert np.abs(fed.astype(np.float64) - low.numpy() * 255).max() <= 0.5 + 1e-3
+    # a visible frame of another size is refused, naming the file
+    vdir, tdir = write_pairs(synth_det, tmp_path)
+    v = sorted(vdir.iterdir())[0]
+    Image.new("RGB", (64, 64)).save(v)
+    with pytest.raises(MdError, match=r"visible frame is 64x64 but m\.onnx was exported for 96x80"):
+        predict.run(
+            predict.PredictConfig(
+                model="m.onnx",
+                out=str(tmp_path / "o2"),
+                visible_dir=str(vdir),
+                thermal_dir=str(tdir),
+                progress=False,
+            )
+        )
+    assert not (tmp_path / "o2").exists()

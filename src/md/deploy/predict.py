@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from md.data import open_dataset
@@ -548,10 +549,18 @@ def _chunks(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
 
 
 def _check(frame: Frame, monitor: ThermalMonitor, primary: Predictor) -> Health:
-    """The frame's health; a thermal frame of a size the model cannot take is an error."""
+    """The frame's health; a frame of a size the model cannot take is an error."""
+    image = (int(frame.visible.shape[-2]), int(frame.visible.shape[-1]))
+    fixed = primary.info.image_size
+    if fixed is not None and (int(fixed[0]), int(fixed[1])) != image:
+        raise MdError(
+            f"{frame.visible_path}: visible frame is {image[1]}x{image[0]} but "
+            f"{Path(primary.info.source).name} was exported for {fixed[1]}x{fixed[0]}; resize "
+            "the frames or export the model for this size"
+        )
     if frame.thermal is not None and primary.info.uses_thermal:
-        image = (int(frame.visible.shape[-2]), int(frame.visible.shape[-1]))
-        allowed = thermal_sizes(primary.info, image)
+        allowed = (*thermal_sizes(primary.info, image), image)  # full size: reduced here
+        allowed = tuple(dict.fromkeys(allowed))
         size = tuple(frame.thermal.shape[-2:])
         if size not in allowed:
             raise MdError(
@@ -581,18 +590,25 @@ def _predict_chunk(
         visible = np.stack([chunk[i].visible for i in idx])
         thermal = None
         if model.info.uses_thermal:
-            thermal = np.stack(
-                [
-                    to_uint8(chunk[i].thermal)  # type: ignore[arg-type]
-                    if chunk[i].thermal is not None
-                    else np.zeros((1, *chunk[i].visible.shape[-2:]), np.uint8)
-                    for i in idx
-                ]
-            )
+            thermal = np.stack([fed_thermal(model, chunk[i]) for i in idx])
         out = model.predict(visible, thermal)
         for j, i in enumerate(idx):
             preds[i] = out[j]
     return preds
+
+
+def fed_thermal(model: Predictor, frame: Frame) -> np.ndarray:
+    """The frame's thermal as 8 bits at a size `model` takes: as given when it takes it,
+    else full size reduced to the camera size (bilinear, as the training's down-sampling in
+    `reduce_thermal`, then rounded to 8 bits). A missing frame (no health check) is zeros."""
+    image = (int(frame.visible.shape[-2]), int(frame.visible.shape[-1]))
+    t = to_uint8(frame.thermal) if frame.thermal is not None else np.zeros((1, *image), np.uint8)
+    accepted = thermal_sizes(model.info, image)
+    if tuple(t.shape[-2:]) in accepted:
+        return t
+    x = torch.from_numpy(t.astype(np.float32)).div_(255.0)[None]
+    low = F.interpolate(x, size=accepted[0], mode="bilinear", align_corners=False)[0]
+    return (low * 255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
 def score(task: str, scored: list[tuple[Frame, Any]]) -> dict[str, Any]:
