@@ -459,7 +459,7 @@ def run(cfg: PredictConfig) -> dict[str, Any]:
     names = {"primary": Path(cfg.model).name, "fallback": Path(cfg.fallback or "-").name}
     reasons: Counter[str] = Counter()
     served: Counter[str] = Counter()
-    scored: list[tuple[Frame, Any]] = []
+    scored: list[Scored] = []  # ground truth and prediction only (no images kept)
     agreed = [0, 0]  # (agreeing, compared) detections or pixels over the shadowed frames
     t0 = time.perf_counter()
     bar = progress_bar(total=n, desc="predict", unit="frame", disable=not cfg.progress)
@@ -487,7 +487,7 @@ def run(cfg: PredictConfig) -> dict[str, Any]:
                     agreed[1] += agree[1]
                 out.add(f, h, w, names.get(w or ""), p, agree)
                 if cfg.score:
-                    scored.append((f, p))
+                    scored.append(Scored(f.id, f.group, f.visible.shape[-2:], f.target or {}, p))
             bar.update(len(chunk))
         seconds = time.perf_counter() - t0
         summary: dict[str, Any] = {
@@ -611,15 +611,24 @@ def fed_thermal(model: Predictor, frame: Frame) -> np.ndarray:
     return (low * 255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
-def score(task: str, scored: list[tuple[Frame, Any]]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Scored:
+    id: str
+    group: str
+    size: tuple[int, ...]  # (H, W)
+    target: dict[str, Any]
+    pred: Any  # None: not served
+
+
+def score(task: str, scored: list[Scored]) -> dict[str, Any]:
     """The metric of `md evaluate model` over the frames (unserved: no prediction)."""
     if task == "detection":
 
         def stream() -> Iterator[tuple[dict[str, Any], Any]]:
-            for f, p in scored:
-                t = f.target or {}
+            for f in scored:
+                t, p = f.target, f.pred
                 batch = {
-                    "visible": torch.empty(1, *f.visible.shape),
+                    "visible": torch.empty(1, 3, *f.size),
                     "boxes": [t["boxes"]],
                     "box_ignore": [t["box_ignore"]],
                     "box_occlusion": [t["box_occlusion"]],
@@ -627,17 +636,13 @@ def score(task: str, scored: list[tuple[Frame, Any]]) -> dict[str, Any]:
                 }
                 boxes = np.zeros((0, 4), np.float32) if p is None else p["boxes"]
                 scores = np.zeros(0, np.float32) if p is None else p["scores"]
-                yield (
-                    batch,
-                    [{"boxes": torch.from_numpy(boxes), "scores": torch.from_numpy(scores)}],
-                )
+                pred = {"boxes": torch.from_numpy(boxes), "scores": torch.from_numpy(scores)}
+                yield batch, [pred]
 
-        return {k: v for k, v in _score_detection(None, stream(), None).items()}
-    names = [f.id for f, _ in scored]
-    labels = [(f.target or {})["labels"].numpy() for f, _ in scored]
-    preds = [
-        np.zeros(f.visible.shape[-2:], np.uint8) if p is None else np.asarray(p) for f, p in scored
-    ]
+        return dict(_score_detection(None, stream(), None))
+    names = [f.id for f in scored]
+    labels = [f.target["labels"].numpy() for f in scored]
+    preds = [np.zeros(f.size, np.uint8) if f.pred is None else np.asarray(f.pred) for f in scored]
     return dict(mfnet.evaluate_arrays(names, labels, preds))
 
 
