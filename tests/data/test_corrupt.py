@@ -11,6 +11,9 @@ import torch
 
 from md.data.corrupt import CORRUPTIONS, MODALITY, get_corruption
 from md.errors import ConfigError
+from md.eval.model_eval import evaluate_model
+from tests.conftest import one_torch_thread, run_cli
+from tests.deploy.conftest import make_checkpoint
 
 NAMES = sorted(CORRUPTIONS)
 H, W = 40, 48
@@ -129,34 +132,32 @@ def test_bad_specs() -> None:
 def test_evaluate_model_corrupt(tmp_path: Path, synth_det: Path) -> None:
     """The corruption reaches the model: severity 0 scores exactly like no corruption, the
     detections under a strong one differ, and the CLI option parses into it."""
-    from md.eval.model_eval import evaluate_model
-    from tests.conftest import run_cli
-    from tests.deploy.conftest import make_checkpoint
-
     ckpt = make_checkpoint(tmp_path / "s.pt", "md16", "detection")
-    plain = evaluate_model(ckpt, synth_det, device="cpu", save_results=tmp_path / "a.txt")
-    zero = evaluate_model(
-        ckpt,
-        synth_det,
-        device="cpu",
-        save_results=tmp_path / "b.txt",
-        corrupt=get_corruption("thermal_noise:0"),
-    )
+    with one_torch_thread():
+        plain = evaluate_model(ckpt, synth_det, device="cpu", save_results=tmp_path / "a.txt")
+        zero = evaluate_model(
+            ckpt,
+            synth_det,
+            device="cpu",
+            save_results=tmp_path / "b.txt",
+            corrupt=get_corruption("thermal_noise:0"),
+        )
+        run_cli(
+            "evaluate",
+            "model",
+            str(ckpt),
+            "--data",
+            str(synth_det),
+            "--corrupt",
+            "thermal_dead:5",
+            "--save-results",
+            str(tmp_path / "c.txt"),
+            "--device",
+            "cpu",
+        )
     assert (tmp_path / "a.txt").read_bytes() == (tmp_path / "b.txt").read_bytes()
     assert zero["miss_rate"] == plain["miss_rate"] and zero["corruption"] == "thermal_noise:0"
-    run_cli(
-        "evaluate",
-        "model",
-        str(ckpt),
-        "--data",
-        str(synth_det),
-        "--corrupt",
-        "thermal_dead:5",
-        "--save-results",
-        str(tmp_path / "c.txt"),
-        "--device",
-        "cpu",
-    )
+    assert plain["corruption"] is None
     assert (tmp_path / "c.txt").read_bytes() != (tmp_path / "a.txt").read_bytes()
     out = run_cli(
         "evaluate", "model", str(ckpt), "--data", str(synth_det), "--corrupt", "smoke", expect=2

@@ -98,7 +98,8 @@ def test_visible_only_ignores_thermal(checkpoints: dict, synth_det: Path) -> Non
     pred = CheckpointPredictor(checkpoints[("detection", "visible")])
     assert pred.info.thermal_factor == 0 and not pred.info.uses_thermal
     visible, thermal = camera_frames(synth_det)
-    a, b = pred.predict(visible, None), pred.predict(visible, 255 - thermal)
+    with one_torch_thread():
+        a, b = pred.predict(visible, None), pred.predict(visible, 255 - thermal)
     for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x["boxes"], y["boxes"])
 
@@ -126,7 +127,8 @@ def test_thermal_size_and_dtype(
     visible = np.zeros((2, 3, 80, 96), np.uint8)
     thermal = np.zeros(shape, dtype)
     if fragment is None:
-        assert len(pred.predict(visible, thermal)) == 2
+        with one_torch_thread():
+            assert len(pred.predict(visible, thermal)) == 2
         return
     with pytest.raises(MdError, match=fragment) as err:
         pred.predict(visible, thermal)
