@@ -106,7 +106,7 @@ def test_segmentation_pngs_in_palette_score_like_evaluate_model(
     )
     assert report["mean_iou"] == pytest.approx(expected["mean_iou"])
     with Image.open(next((out / "pred").iterdir())) as img:
-        assert img.mode == "P" and img.getpalette()[3:6] == [64, 0, 128]  # MFNet's "car"
+        assert img.mode == "P" and (img.getpalette() or [])[3:6] == [64, 0, 128]  # MFNet's "car"
 
 
 def write_pairs(data: Path, root: Path, low: int | None = None) -> tuple[Path, Path]:
@@ -120,7 +120,7 @@ def write_pairs(data: Path, root: Path, low: int | None = None) -> tuple[Path, P
         with Image.open(s.thermal_path) as img:
             th = img.convert("L")
         if low:
-            th = th.resize((th.width // low, th.height // low), Image.BILINEAR)
+            th = th.resize((th.width // low, th.height // low), Image.Resampling.BILINEAR)
         th.save(tdir / f"{name}.png")
     return vdir, tdir
 
