@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +156,21 @@ def test_truncated_checkpoint_is_one_line(checkpoints: dict, tmp_path: Path) -> 
     with pytest.raises(MdError, match=r"cut\.pt: not a readable md checkpoint") as err:
         open_predictor(bad)
     assert "\n" not in str(err.value) and "re-copy" in str(err.value)
+
+
+def test_torchscript_pt_goes_to_the_exported_loader(checkpoints: dict, tmp_path: Path) -> None:
+    """A TorchScript archive named .pt is not a checkpoint: it goes to md.deploy.exported
+    (and, until that module exists, to the one-line error saying so)."""
+    from md.deploy.loader import is_torchscript_archive
+
+    ts = tmp_path / "scripted.pt"
+    with warnings.catch_warnings():  # torch deprecates TorchScript; such files still exist
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(ts))
+    assert is_torchscript_archive(ts)
+    assert not is_torchscript_archive(checkpoints[("detection", "md16")])
+    try:
+        import md.deploy.exported  # noqa: F401
+    except ImportError:
+        with pytest.raises(MdError, match=r"scripted\.pt: running exported models needs"):
+            open_predictor(ts)
