@@ -62,6 +62,13 @@ import click
     help="Draw the predictions of the first N frames into OUT/overlays/.",
 )
 @click.option(
+    "--overlay-score",
+    type=click.FloatRange(min=0, max=1),
+    default=0.3,
+    show_default=True,
+    help="Detections from this score are drawn on the overlays.",
+)
+@click.option(
     "--frozen-k",
     type=click.IntRange(min=2),
     default=3,
@@ -128,6 +135,7 @@ def predict(
     out: Path,
     fallback: Path | None,
     overlays: int,
+    overlay_score: float,
     frozen_k: int,
     min_std: float,
     saturated: float,
@@ -161,6 +169,7 @@ def predict(
         thermal_dir=None if thermal_dir is None else str(thermal_dir),
         fallback=None if fallback is None else str(fallback),
         overlays=overlays,
+        overlay_score=overlay_score,
         batch_size=batch_size,
         device=device,
         health=HealthConfig(min_std=min_std, saturated_fraction=saturated, frozen_k=frozen_k),

@@ -62,7 +62,7 @@ _GREY_MODES = {"L", "RGB", "RGBA", "LA", "P", "RGBX"}  # thermal: converted to L
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
 FAILURE_KINDS = ("dead", "missing", "frozen")
 FAILURE_BLOCK = 4  # frames per simulated failure episode
-OVERLAY_MIN_SCORE = 0.5  # boxes drawn on overlays
+OVERLAY_MIN_SCORE = 0.3  # default score from which boxes are drawn on overlays
 AGREE_MIN_SCORE = 0.3  # default score from which detections count in the agreement
 AGREE_IOU = 0.5
 
@@ -88,6 +88,7 @@ class PredictConfig:
     score: bool = False
     shadow: bool = False  # the fallback also predicts healthy frames: agreement, not served
     agree_score: float = AGREE_MIN_SCORE
+    overlay_score: float = OVERLAY_MIN_SCORE
     progress: bool = True
 
 
@@ -302,10 +303,13 @@ def simulate(frames: Iterator[Frame], plan: dict[int, str]) -> Iterator[Frame]:
 class Output:
     """Writes into ``.NAME.tmp-PID`` beside OUT; `commit` renames it to OUT."""
 
-    def __init__(self, out: Path, task: str, overlays: int) -> None:
+    def __init__(
+        self, out: Path, task: str, overlays: int, overlay_score: float = OVERLAY_MIN_SCORE
+    ) -> None:
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise MdError(f"{out}: output exists and is not an empty folder; pass a new --out")
         self.out, self.task, self.overlays = out, task, overlays
+        self.overlay_score = overlay_score
         self.tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
         shutil.rmtree(self.tmp, ignore_errors=True)
         try:
@@ -365,8 +369,10 @@ class Output:
         colour = (0, 255, 0) if served_by == "primary" else (255, 160, 0)
         if pred is not None and self.task == "detection":
             for box, score in zip(pred["boxes"], pred["scores"], strict=True):
-                if score >= OVERLAY_MIN_SCORE:
-                    draw.rectangle([float(v) for v in box], outline=colour)
+                if score >= self.overlay_score:
+                    x1, y1, x2, y2 = (float(v) for v in box)
+                    draw.rectangle([x1, y1, x2, y2], outline=colour)
+                    draw.text((x1 + 1, y1 + 1), f"{score:.2f}", fill=colour)
         label = served_by or f"not predicted: {health.reason}"
         draw.text((2, 2), label if health.ok else f"{label} ({health.reason})", fill=colour)
         folder = self.tmp / "overlays"
@@ -454,7 +460,7 @@ def run(cfg: PredictConfig) -> dict[str, Any]:
     n, frames = frames_of(cfg, task)
     if cfg.simulate_failures:
         frames = simulate(frames, failure_plan(n, cfg.simulate_failures, cfg.seed))
-    out = Output(Path(cfg.out), task, cfg.overlays)
+    out = Output(Path(cfg.out), task, cfg.overlays, cfg.overlay_score)
     monitor = ThermalMonitor(cfg.health)
     names = {"primary": Path(cfg.model).name, "fallback": Path(cfg.fallback or "-").name}
     reasons: Counter[str] = Counter()
