@@ -226,8 +226,10 @@ def test_simulated_failures_go_to_the_fallback(
     for i, r in enumerate(recs):
         if i in plan:
             assert r["health"] == plan[i] and r["served_by"] == "fallback", (i, plan, r)
+            assert r["simulated"] == plan[i]
         else:
             assert r["health"] == "ok" and r["served_by"] == "primary"
+            assert "simulated" not in r
 
 
 # --- bad input ------------------------------------------------------------------------------

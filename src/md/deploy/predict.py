@@ -102,6 +102,7 @@ class Frame:
     thermal_path: str | None = None
     target: dict[str, Any] | None = None  # ground truth (--data): boxes... or labels
     group: str = "unknown"
+    simulated: str | None = None  # the failure `simulate` gave this frame's thermal
 
 
 # --- reading frames ---------------------------------------------------------------------------
@@ -282,6 +283,7 @@ def simulate(frames: Iterator[Frame], plan: dict[int, str]) -> Iterator[Frame]:
     frozen: np.ndarray | None = None
     for i, f in enumerate(frames):
         kind = plan.get(i)
+        f.simulated = kind
         original = f.thermal
         if kind != "frozen":
             frozen = None
@@ -340,6 +342,8 @@ class Output:
             "served_by": served_by,
             "model": model,
         }
+        if frame.simulated is not None:
+            rec["simulated"] = frame.simulated
         if agree is not None:
             rec["agreement"] = agree[0] / agree[1] if agree[1] else 1.0
         if self.task == "detection":
