@@ -52,7 +52,7 @@ class _Batch(click.ParamType):
     "--size",
     type=_Size(),
     default=None,
-    help="Frame size WxH (multiples of 32) [default: 640x512 detection, 640x480 segmentation].",
+    help="Frame size WxH [default: 640x512 detection, 640x480 segmentation].",
 )
 @click.option(
     "--score-thresh",

@@ -154,7 +154,6 @@ def replace_adaptive_pools(model: nn.Module) -> None:
                 setattr(module, name, WindowAveragePool(child.output_size))
 
 
-@torch.jit.script
 def nms_select(boxes: Tensor, scores: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
     """Greedy NMS per image, scriptable: boxes (N, k, 4), scores (N, k), valid (N, k) bool ->
     (S, 2) int64 rows (image, index), image after image, each by decreasing score (stable:
@@ -185,6 +184,20 @@ def nms_select(boxes: Tensor, scores: Tensor, valid: Tensor, iou_threshold: floa
     if len(rows) == 0:
         return torch.zeros(0, 2, dtype=torch.long, device=boxes.device)
     return torch.cat(rows, dim=0)
+
+
+_SCRIPTED: dict[str, Any] = {}
+
+
+def scripted_nms_select() -> Any:
+    """`nms_select` compiled by TorchScript (once), so that a traced graph keeps its loop
+    instead of unrolling the one trace it saw. torch 2.13 calls TorchScript deprecated (the
+    format still loads and runs); the notice is silenced here, where it is expected."""
+    if "nms" not in _SCRIPTED:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            _SCRIPTED["nms"] = torch.jit.script(nms_select)
+    return _SCRIPTED["nms"]
 
 
 class _OnnxNms(torch.autograd.Function):
@@ -296,7 +309,7 @@ class DeployGraph(nn.Module):
             sel = _OnnxNms.apply(boxes, masked, self.opts.nms_iou, self.opts.max_det)
             image, index = sel[:, 0], sel[:, 2]
         else:
-            sel = nms_select(boxes, masked, valid, self.opts.nms_iou)
+            sel = scripted_nms_select()(boxes, masked, valid, self.opts.nms_iou)
             image, index = sel[:, 0], sel[:, 1]
         n = torch.arange(boxes.shape[0], device=boxes.device)
         counts = (image[None, :] == n[:, None]).sum(dim=1)
@@ -338,11 +351,8 @@ def build_graph(
             "export the students it averages instead"
         )
     w, h = opts.size or DEFAULT_SIZES[task]
-    if h % 32 or w % 32:
-        raise MdError(
-            f"--size {w}x{h}: width and height must be multiples of 32 (the coarsest backbone "
-            "stride); pad the frames or pick another size"
-        )
+    if h < 32 or w < 32:
+        raise MdError(f"--size {w}x{h}: frames must be at least 32x32 (the backbone stride)")
     if kind == "teacher":
         factor = 1
     elif isinstance(model, OneStreamStudent) and model.norm.in_channels == 3:
@@ -412,10 +422,20 @@ def _quiet_tracing() -> Iterator[None]:
     and the legacy exporter's deprecation notice are expected here, not news."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.(onnx|jit)")
         warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", message=r".*feature will be removed.*")
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
+        yield
+
+
+@contextlib.contextmanager
+def quiet_torchscript() -> Iterator[None]:
+    """torch 2.13 marks torch.jit (script, trace, save, load) deprecated; the format still
+    works and `md export --format torchscript` asks for it, so the notice is silenced here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
         yield
 
 
@@ -495,5 +515,6 @@ def export_checkpoint(
     else:
         module = torchscript_module(graph, opts.batch)
         extra = {TORCHSCRIPT_EXTRA: json.dumps(meta, sort_keys=True)}
-        atomic_write(out, lambda p: torch.jit.save(module, str(p), _extra_files=extra))
+        with quiet_torchscript():
+            atomic_write(out, lambda p: torch.jit.save(module, str(p), _extra_files=extra))
     return meta
