@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import torch
 
@@ -29,6 +28,8 @@ from md.models.heads.boxes import box_area, box_iou, clip_boxes, decode
 from tests.conftest import one_torch_thread, run_cli
 from tests.deploy.exporting import KINDS, camera_frames, make_checkpoint, reference_pred
 from tests.fp import U32, float32_error
+
+onnx = pytest.importorskip("onnx", reason="the export extra: pip install 'md[export]'")
 
 SIZE = (96, 64)  # W x H: thermal factor 64 still gives a 12x8 camera
 FORMATS = ("onnx", "torchscript")

@@ -7,12 +7,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 
 from md.deploy.exported import open_exported
 from tests.conftest import one_torch_thread, run_cli
 from tests.student_train.caching import cache
+
+onnx = pytest.importorskip("onnx", reason="the export extra: pip install 'md[export]'")
 
 TINY = ("--preset", "cpu-tiny", "batch_size=2", "progress=false")
 
