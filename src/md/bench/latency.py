@@ -8,8 +8,12 @@ ResNet-18) and timed with `md.eval.runtime.latency_ms` (warm-up, synchronised, m
 from __future__ import annotations
 
 import contextlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -94,5 +98,132 @@ def bench_latency(
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "dtype": dtype,
         "torch_threads": torch.get_num_threads(),
+        "models": results,
+    }
+
+
+def _random_frames(graph: Any, count: int, seed: int = 0) -> Iterator[list[np.ndarray]]:
+    g = torch.Generator().manual_seed(seed)
+    h, w = graph.image_hw
+    for _ in range(count):
+        vis = torch.randint(0, 256, (1, 3, h, w), generator=g, dtype=torch.uint8).numpy()
+        if graph.thermal_hw is None:
+            yield [vis]
+        else:
+            th = torch.randint(0, 256, (1, 1, *graph.thermal_hw), generator=g, dtype=torch.uint8)
+            yield [vis, th.numpy()]
+
+
+def bench_exported(
+    *,
+    task: str = "detection",
+    size: tuple[int, int] = (640, 512),
+    width: float = 1.0,
+    head_channels: int = 128,
+    head_input: str = "attended",
+    threads: tuple[int, ...] = (1, 2),
+    warmup: int = 3,
+    repeats: int = 10,
+    calib_frames: int = 8,
+    score_thresh: float = 0.05,
+) -> dict[str, Any]:
+    """fp32 torch vs fp32 ONNX Runtime vs int8 ONNX Runtime, batch 1 on the CPU, per thread
+    count: ``{"models": {name: {"bytes": {...}, "threads": {t: {torch_fp32, onnx_fp32,
+    onnx_int8}}}}}``. torch runs the checkpoint path (float frames, forward, the head's
+    predict), ONNX Runtime the exported graph (uint8 frames in, NMS inside). Untrained
+    models (latency does not depend on the weights; int8 ranges are calibrated on
+    `calib_frames` random frames); `score_thresh` 0.05 keeps NMS light in both."""
+    from md.deploy.export import ExportOptions, build_graph, export_checkpoint, require_onnx
+    from md.deploy.exported import onnx_session
+    from md.deploy.quantize import export_int8
+    from md.train.checkpoint import save_checkpoint
+
+    require_onnx()
+    w, h = size
+    specs: dict[str, dict[str, Any]] = {
+        "md_student": {"levels": LEVELS, "in_channels": 6, "head_input": head_input},
+        "visible_only_student": {"levels": (), "in_channels": 3},
+    }
+    before = torch.get_num_threads()
+    results: dict[str, Any] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="md-bench-") as tmp:
+            for name, extra in specs.items():
+                args = model_args(
+                    "student", task, width=width, head_channels=head_channels, **extra
+                )
+                model = build_model("student", task, **args)
+                ckpt = Path(tmp) / f"{name}.pt"
+                config = {"thermal_factor": 16 if extra["in_channels"] == 6 else "none"}
+                save_checkpoint(
+                    ckpt,
+                    {"task": task, "model_kind": "student", "model_args": args,
+                     "config": config, "weights": model.state_dict(), "iteration": 0},
+                )  # fmt: skip
+                opts = ExportOptions(size=size, batch=1, score_thresh=score_thresh)
+                fp32, int8 = Path(tmp) / f"{name}.onnx", Path(tmp) / f"{name}.int8.onnx"
+                export_checkpoint(ckpt, fp32, opts)
+                graph, _ = build_graph(ckpt, opts, onnx_nms=False)
+                frames = _random_frames(graph, calib_frames)
+                export_int8(ckpt, int8, opts, calib="random frames", frames=frames)
+                feed = next(_random_frames(graph, 1, seed=1))
+                inputs = graph.model_inputs(
+                    torch.from_numpy(feed[0]), torch.from_numpy(feed[1]) if len(feed) > 1 else None
+                )
+                # the checkpoint path: 6-channel cat (unfolded) as md evaluate model feeds it
+                x = (
+                    inputs[0]
+                    if extra["in_channels"] == 3
+                    else torch.cat([inputs[0][:, :3], inputs[0][:, 3:4].expand(-1, 3, -1, -1)], 1)
+                )
+                model.eval()
+
+                def torch_path(m: Any = model, x: torch.Tensor = x) -> Any:
+                    pred = m(x)["pred"]
+                    if task == "detection":
+                        return m.head.predict(pred, score_thresh=score_thresh)
+                    return m.head.predict(pred)
+
+                per_threads: dict[str, Any] = {}
+                for t in threads:
+                    torch.set_num_threads(t)
+                    row: dict[str, Any] = {"torch_fp32": latency_ms(torch_path, torch.device("cpu"),
+                                                    warmup=warmup, repeats=repeats)}  # fmt: skip
+                    for key, path in (("onnx_fp32", fp32), ("onnx_int8", int8)):
+                        sess = onnx_session(path, threads=t)
+                        names = [i.name for i in sess.get_inputs()]
+                        run_feed = dict(zip(names, feed, strict=True))
+
+                        def run(s: Any = sess, f: dict[str, np.ndarray] = run_feed) -> Any:
+                            return s.run(None, f)
+
+                        row[key] = latency_ms(
+                            run, torch.device("cpu"), warmup=warmup, repeats=repeats
+                        )
+                    base = row["torch_fp32"]["median_ms"]
+                    row["int8_vs_torch_fp32"] = row["onnx_int8"]["median_ms"] / base
+                    row["onnx_fp32_vs_torch_fp32"] = row["onnx_fp32"]["median_ms"] / base
+                    per_threads[str(t)] = row
+                results[name] = {
+                    "bytes": {
+                        "checkpoint": ckpt.stat().st_size,
+                        "onnx_fp32": fp32.stat().st_size,
+                        "onnx_int8": int8.stat().st_size,
+                        "int8_vs_fp32": int8.stat().st_size / fp32.stat().st_size,
+                    },
+                    "parameters": sum(p.numel() for p in model.parameters()),
+                    "threads": per_threads,
+                }
+    finally:
+        torch.set_num_threads(before)
+    return {
+        "benchmark": "latency-exported",
+        "task": task,
+        "image_size": [w, h],
+        "batch_size": 1,
+        "width": width,
+        "md_student_head_input": head_input,
+        "device": "cpu",
+        "score_thresh": score_thresh,
         "models": results,
     }

@@ -28,6 +28,7 @@ def _register() -> None:
     from md.cli import data as data_cli
     from md.cli import demo as demo_cli
     from md.cli import evaluate as evaluate_cli
+    from md.cli import export as export_cli
     from md.cli import predict as predict_cli
     from md.cli import store as store_cli
     from md.cli import train_student as train_student_cli
@@ -41,6 +42,7 @@ def _register() -> None:
     main.add_command(cache_teacher_cli.cache_teacher)
     main.add_command(bench_cli.bench)
     main.add_command(demo_cli.demo)
+    main.add_command(export_cli.export)
     main.add_command(predict_cli.predict)
 
 

@@ -222,6 +222,18 @@ def codecs(
     default=0,
     help="torch CPU threads (0: torch's default).",
 )
+@click.option(
+    "--exported",
+    is_flag=True,
+    help="Also the exported students on the CPU: fp32 torch vs fp32 ONNX Runtime vs int8, "
+    "file bytes (needs the export extra).",
+)
+@click.option(
+    "--exported-threads",
+    default="1,2",
+    show_default=True,
+    help="--exported: CPU thread counts to time, comma-separated.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the only output format).")
 @_threads
 def latency(
@@ -234,24 +246,42 @@ def latency(
     device: str,
     warmup: int,
     repeats: int,
+    exported: bool,
+    exported_threads: str,
     as_json: bool,
 ) -> None:
     """Batch-1 latency of teacher, MD student and visible-only student (untrained)."""
-    from md.bench.latency import bench_latency
+    from md.bench.latency import bench_exported, bench_latency
 
-    _emit(
-        bench_latency(
+    try:
+        counts = tuple(int(t) for t in exported_threads.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            "use thread counts like 1,2", param_hint="--exported-threads"
+        ) from None
+    report = bench_latency(
+        task=task,
+        size=size,
+        width=width,
+        head_channels=head_channels,
+        head_input=head_input,
+        device=device,
+        dtype=dtype,
+        warmup=warmup,
+        repeats=repeats,
+    )
+    if exported:
+        report["exported"] = bench_exported(
             task=task,
             size=size,
             width=width,
             head_channels=head_channels,
             head_input=head_input,
-            device=device,
-            dtype=dtype,
+            threads=counts,
             warmup=warmup,
             repeats=repeats,
         )
-    )
+    _emit(report)
 
 
 @bench.command("train-step", context_settings={"ignore_unknown_options": False})

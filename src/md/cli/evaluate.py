@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import click
 
@@ -203,26 +203,34 @@ def model_cmd(
     corrupt_seed: int,
     as_json: bool,
 ) -> None:
-    """Evaluate a teacher or student CHECKPOINT on a dataset split.
+    """Evaluate a teacher or student CHECKPOINT (or a file from md export) on a dataset split.
 
     Detection: KAIST log-average miss rate (reasonable setting, thresholds scaled to the
     image size) for all / day / night. Segmentation: MFNet mean accuracy and mean IoU.
     """
     from md.data.corrupt import get_corruption
-    from md.eval.model_eval import evaluate_model
+    from md.deploy.exported import exported_format
 
     corruption = None if corrupt is None else get_corruption(corrupt, seed=corrupt_seed)
-    result = evaluate_model(
-        checkpoint,
-        data,
-        split=split,
-        thermal_factor=_thermal_factor(thermal_factor),
-        save_results=save_results,
-        batch_size=batch_size,
-        device=device,
-        latency=latency,
-        corrupt=corruption,
-    )
+    if exported_format(checkpoint) is not None:
+        tf = _thermal_factor(thermal_factor)
+        result = _evaluate_exported(
+            checkpoint, data, split, tf, save_results, batch_size, latency, corruption
+        )
+    else:
+        from md.eval.model_eval import evaluate_model
+
+        result = evaluate_model(
+            checkpoint,
+            data,
+            split=split,
+            thermal_factor=_thermal_factor(thermal_factor),
+            save_results=save_results,
+            batch_size=batch_size,
+            device=device,
+            latency=latency,
+            corrupt=corruption,
+        )
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -241,6 +249,41 @@ def model_cmd(
             f"  latency        {lat['median_ms']:.2f} ms/image ({lat['device']}, "
             f"{lat['dtype']}, batch 1)"
         )
+
+
+def _evaluate_exported(
+    path: Path,
+    data: Path,
+    split: str,
+    thermal_factor: int | None,
+    save_results: Path | None,
+    batch_size: int,
+    latency: bool,
+    corrupt: Any = None,
+) -> dict[str, Any]:
+    """An exported graph through its predictor (ONNX Runtime / TorchScript, on the CPU)."""
+    from md.deploy.evaluate import evaluate_predictor
+    from md.deploy.exported import open_exported
+    from md.errors import MdError
+
+    predictor = open_exported(path)
+    if thermal_factor is not None and thermal_factor != predictor.info.thermal_factor:
+        have = predictor.info.thermal_factor or "none"
+        raise MdError(
+            f"{path}: the exported graph takes thermal factor {have}; leave out "
+            "--thermal-factor, or export a model trained at that factor"
+        )
+    result = evaluate_predictor(
+        predictor,
+        data,
+        split=split,
+        save_results=save_results,
+        corrupt=corrupt,
+        batch_size=batch_size,
+        latency=latency,
+    )
+    result["corruption"] = None if corrupt is None else corrupt.label
+    return result
 
 
 def _fmt(v: float | None) -> str:

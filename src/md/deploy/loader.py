@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import Any
 
 from md.deploy.runtime import Predictor
 from md.errors import MdError
@@ -30,27 +29,29 @@ def is_torchscript_archive(path: Path) -> bool:
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 
-def open_predictor(path: str | Path, **kwargs: Any) -> Predictor:
-    """The predictor for a model file: a `.pt` checkpoint -> `CheckpointPredictor`; an
-    exported file (`.onnx`, TorchScript) -> `md.deploy.exported.open_exported`.
-
-    ``kwargs`` go to the predictor (``device``, ...). A missing file, or an exported file
-    without the export support installed, is a one-line `MdError`.
+def open_predictor(path: str | Path, *, device: str = "cpu") -> Predictor:
+    """The predictor for a model file: an exported file (`md.deploy.exported.exported_format`
+    says which: `.onnx`, TorchScript) -> `open_exported` (ONNX Runtime / TorchScript on the
+    CPU; `device` is for checkpoints); anything else -> `CheckpointPredictor`, whose reader
+    refuses a file that is not a checkpoint with a one-line `MdError`.
     """
     path = Path(path)
     if not path.is_file():
         raise MdError(f"{path}: model file not found; pass a .pt checkpoint or an exported model")
     suffix = path.suffix.lower()
-    if suffix in EXPORTED_SUFFIXES or (suffix in (".pt", ".pth") and is_torchscript_archive(path)):
-        try:
-            from md.deploy.exported import open_exported  # type: ignore[import-not-found,unused-ignore]
-        except ImportError as e:
+    looks_exported = suffix in EXPORTED_SUFFIXES or is_torchscript_archive(path)
+    try:
+        from md.deploy.exported import exported_format, open_exported
+    except ImportError as e:
+        if looks_exported:
             raise MdError(
                 f"{path}: running exported models needs md.deploy.exported, which this "
                 f"installation lacks ({e}); update md (pip install 'md[export]') or pass the "
                 ".pt checkpoint"
             ) from None
-        return open_exported(path, **kwargs)  # type: ignore[no-any-return,unused-ignore]
+    else:
+        if looks_exported or exported_format(path) is not None:
+            return open_exported(path)
     from md.deploy.checkpoint import CheckpointPredictor
 
-    return CheckpointPredictor(path, **kwargs)
+    return CheckpointPredictor(path, device=device)
