@@ -209,7 +209,7 @@ def test_online_targets_equal_stored_targets(full_store, det_teacher, synth_det)
         make_loader(offline, 0, 3, cpu), make_loader(online, 0, 3, cpu), strict=True
     ):
         assert b_off["id"] == b_on["id"]
-        stored = stored_targets(b_off, offline.cfg.levels)
+        stored = stored_targets(b_off, offline.cfg.levels, offline.source.store.preset)
         live = live_targets(online.teacher, b_on, strides)
         exact = live_targets(
             teacher64,
@@ -242,3 +242,24 @@ def test_bundled_labels_unpack_to_dataset_fields():
     assert det["box_ignore"].tolist() == [False, True] and det["box_occlusion"].tolist() == [1, 2]
     seg = unpack_labels("segmentation", {"labels": np.full((2, 3), 8, dtype=np.uint8)})
     assert seg["labels"].dtype == torch.int64 and seg["labels"].shape == (2, 3)
+
+
+def test_batches_ship_stored_targets_decoded_exactly_in_the_step(full_store):
+    """The loader ships targets as stored (fp16 features, uint8 masks: no float32 on the
+    host); `stored_targets` decodes them to exactly what `TargetStore.read` returns."""
+    cfg = StudentTrainConfig(store=str(full_store), **TINY)
+    setup = prepare(cfg)
+    batch = next(iter(make_loader(setup, 0, 1, torch.device("cpu"))))
+    assert setup.source.store is not None
+    rows = [setup.sampler.batch(0)[j][0] for j in range(cfg.batch_size)]
+    want = setup.source.store.read(rows)
+    got = stored_targets(batch, setup.cfg.levels, setup.source.store.preset)
+    for lv in setup.cfg.levels:
+        assert batch[f"target/features/{lv}"].dtype == torch.float16
+        assert batch[f"target/attention/{lv}"].dtype == torch.uint8
+        for key, name in (("features", "features"), ("masks", "attention")):
+            ref = torch.from_numpy(want[f"{name}/{setup.source.target_levels[lv]}"])
+            assert got[key][lv].dtype == torch.float32
+            assert torch.equal(got[key][lv].view(torch.int32), ref.view(torch.int32)), (key, lv)
+    with pytest.raises(ValueError, match="need the store's codec"):
+        stored_targets({**batch, "target/features/c3": batch["target/attention/c3"]}, ["c3"])

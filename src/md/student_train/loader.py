@@ -25,7 +25,9 @@ Augmentation consistency (offline == online == what the teacher would say):
 
 Sample keys: ``id``, ``group``, ``x`` (C, h, w) student input (C = 6, or 3 visible-only), the
 task's labels (``labels`` or ``boxes``/``box_ignore``/``box_occlusion``), targets
-``target/features/L`` (C_L, h_L, w_L) and ``target/attention/L`` (1, h_L, w_L) when read, and
+``target/features/L`` (C_L, h_L, w_L) and ``target/attention/L`` (1, h_L, w_L) when read, as
+stored (float16, or uint8 codes with ``target/feature_scale/L`` (C_L,) uint8 scale codes;
+uint8 masks): float32 happens on the step's device (`md.stores.device`), and
 for an online teacher ``teacher/visible`` (3, H, W), ``teacher/thermal`` (1, H, W) full frame
 after the flip plus ``crop_window`` (4,) int64 (top, left, h, w).
 """
@@ -60,9 +62,11 @@ from md.stores.schema import (
     NUM_BOXES,
     attention_name,
     features_name,
+    scale_array_name,
 )
 
 ALIGN = 32  # coarsest backbone stride (c5): crops on this grid cut every level exactly
+SCALE_KEY = "target/feature_scale/"  # + level: a quantized store's uint8 scale codes (C,)
 
 Key = tuple[int, int]  # (row, aug_seed)
 
@@ -359,7 +363,9 @@ class DistillDataset(Dataset[dict[str, Any]]):
 
     def _read_store(self, rows: list[int], augs: list[Augment]) -> list[dict[str, np.ndarray]]:
         """Per position, the store arrays it needs: one read of the inputs for the batch,
-        one read of the targets per flip state present."""
+        one read of the targets per flip state present. Targets stay as stored (fp16 or
+        uint8 codes + ``target/feature_scale/L`` codes, uint8 masks): the step decodes them
+        on its device (`md.stores.device`, via `md.student_train.model.stored_targets`)."""
         out: list[dict[str, np.ndarray]] = [{} for _ in rows]
         store = self.src.store
         if store is None:
@@ -373,9 +379,14 @@ class DistillDataset(Dataset[dict[str, Any]]):
             names = self._target_names(flip)
             if not pos or not names:
                 continue
-            got = store.read([rows[i] for i in pos], names=list(names))
+            got = store.read_stored([rows[i] for i in pos], names=list(names))
+            keys = dict(names)
+            for name, key in names.items():
+                scale = scale_array_name(name)
+                if scale in got:
+                    keys[scale] = key.replace("target/features/", SCALE_KEY, 1)
             for j, i in enumerate(pos):
-                out[i].update({key: got[name][j] for name, key in names.items()})
+                out[i].update({key: got[name][j] for name, key in keys.items()})
         return out
 
     # -- one sample ----------------------------------------------------------------------------
@@ -400,8 +411,10 @@ class DistillDataset(Dataset[dict[str, Any]]):
         if aug.window is not None:
             item = crop_sample(item, *aug.window, align=ALIGN)
         for key in [k for k in stored if k.startswith("target/")]:
-            t = torch.from_numpy(np.ascontiguousarray(stored[key]))
-            item[key] = t if aug.window is None else cut_map(t, aug.window, self._stride(key))
+            t = torch.from_numpy(stored[key])  # a view of the batch's buffer, no copy
+            if aug.window is not None and not key.startswith(SCALE_KEY):  # scales: per channel
+                t = cut_map(t, aug.window, self._stride(key))
+            item[key] = t
         item["x"] = student_input(
             item.pop("visible"), None if s.thermal_factor is None else item["thermal"]
         )
