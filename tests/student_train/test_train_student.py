@@ -323,3 +323,12 @@ def test_prefetch_ends_cleanly_on_an_interrupt_and_resume_stays_exact(
     assert _prefetch_threads() == []
     run(cfg, out=tmp_path / "cut.pt", resume=True)
     assert _same_weights(tmp_path / "full.pt", tmp_path / "cut.pt")
+
+
+def test_inputs_built_on_the_device_train_to_the_same_weights(full_store, tmp_path):
+    """Bundled inputs shipped as uint8 and assembled in the step (the default) train to
+    bitwise the weights of the host-built input (on a CPU both are the same operations)."""
+    args = ("--store", str(full_store), "iterations=3", "flip=true", "crop=64")
+    _train(tmp_path / "dev.pt", *args)
+    _train(tmp_path / "host.pt", *args, "device_inputs=false")
+    assert _same_weights(tmp_path / "dev.pt", tmp_path / "host.pt")

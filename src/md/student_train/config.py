@@ -47,6 +47,8 @@ class StudentTrainConfig(recipe.RunConfig):
     pin_memory: bool = recipe.run_control(True)  # page-locked batches, non_blocking copies (CUDA)
     # With num_workers=0: batches read ahead on a thread while the step runs (0 = off)
     prefetch_batches: int = recipe.run_control(2)
+    # Bundled inputs: ship the uint8 images and build the student input on the step's device
+    device_inputs: bool = recipe.run_control(True)
     # Multi-process (torchrun) training; batch_size above is the global batch.
     shard_groups: int = 0  # G disjoint shard groups per batch (a multiple of W); 0 = W processes
     sync_batchnorm: bool = True  # BatchNorm statistics over the global batch, not per process

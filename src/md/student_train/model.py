@@ -14,7 +14,7 @@ from md.models import OneStreamStudent, TwoStreamTeacher, build_model, model_arg
 from md.stores import device as device_decode
 from md.stores.codecs import CodecPreset, get_preset
 from md.student_train.config import StudentTrainConfig, thermal_factor_of
-from md.student_train.loader import cut_batch
+from md.student_train.loader import build_input, cut_batch
 from md.student_train.losses import DistillationLoss
 from md.train import distributed
 from md.train.loop import LossFn
@@ -79,6 +79,7 @@ def student_loss_fn(
     strides = dict(model.strides)
 
     def loss_fn(m: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        batch = build_input(batch)  # bundled uint8 inputs -> x, here on the step's device
         out = m(batch["x"])  # through the DDP wrapper, if any (its gradient hooks)
         student = cast(DistillableStudent, distributed.unwrap(m))  # `model`, unwrapped
         parts = student.loss(out, batch)

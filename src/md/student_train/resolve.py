@@ -338,6 +338,7 @@ def _source(
         teacher_inputs=teacher is not None,
         ids=ids,
         groups=groups,
+        device_inputs=cfg.device_inputs,
     )
 
 
