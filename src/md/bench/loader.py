@@ -35,7 +35,7 @@ from zarr.core.sync import sync
 
 from md.config import resolve_config
 from md.stores import open_store
-from md.stores.array_io import read_arrays
+from md.stores.array_io import read_arrays, read_chunks_local
 from md.stores.encode import decode_target, stored_names
 from md.stores.schema import is_attention_name, is_features_name
 from md.student_train.bench import bench_loader
@@ -103,7 +103,15 @@ def bench_read(
         t["read_stored"].append(time.perf_counter() - t0)
         # the stages of the float32 read, apart, on the same batch
         t0 = time.perf_counter()
-        chunks = sync(read_arrays(arrays, layouts, idx))
+        if h.store.local:  # as TargetStore reads a local store: pread in this thread
+            chunks = [
+                read_chunks_local(h.store, a, lay, idx)
+                if lay is not None
+                else sync(read_arrays([a], [None], idx))[0]
+                for a, lay in zip(arrays, layouts, strict=True)
+            ]
+        else:
+            chunks = sync(read_arrays(arrays, layouts, idx))
         t["fetch"].append(time.perf_counter() - t0)
         blobs = [b for c, lay in zip(chunks, layouts, strict=True) if lay is not None for b in c]
         t0 = time.perf_counter()

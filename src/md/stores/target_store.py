@@ -39,7 +39,14 @@ import zarr
 from zarr.core.sync import sync  # zarr's own bridge onto its event loop
 
 from md.errors import IncompleteStoreError, StoreError
-from md.stores.array_io import object_bytes, object_sizes, raise_first, read_arrays, write_arrays
+from md.stores.array_io import (
+    object_bytes,
+    object_sizes,
+    raise_first,
+    read_arrays,
+    read_chunks_local,
+    write_arrays,
+)
 from md.stores.backends import MissingChunkError, parse_location, stored_bytes
 from md.stores.codecs import CodecPreset
 from md.stores.encode import (
@@ -374,7 +381,21 @@ class TargetStore:
         with self._errors(", ".join(stored)):
             arrays = h.open_arrays(stored)
         layouts = [h.layout(name) for name in stored]
-        results = sync(read_arrays(arrays, layouts, uniq))
+        if h.store.local:  # md's shard layout read in this thread; the rest on zarr's loop
+            rest = [j for j, lay in enumerate(layouts) if lay is None]
+            results: list[Any] = [None] * len(stored)
+            if rest:
+                got = sync(read_arrays([arrays[j] for j in rest], [None] * len(rest), uniq))
+                for j, r in zip(rest, got, strict=True):
+                    results[j] = r
+            for j, lay in enumerate(layouts):
+                if lay is not None:
+                    try:
+                        results[j] = read_chunks_local(h.store, arrays[j], lay, uniq)
+                    except (MissingChunkError, ValueError, OSError) as e:
+                        results[j] = e
+        else:
+            results = sync(read_arrays(arrays, layouts, uniq))
         out: dict[str, np.ndarray] = {}
         for name, layout, result in zip(stored, layouts, results, strict=True):
             with self._errors(name):
