@@ -117,13 +117,31 @@ def test_loader_rates_per_worker_count(inputs: BenchInputs) -> None:
             "0",
             "--batches",
             "2",
-            "--steps",
-            "1",
+            "--step-samples-per-s",
+            "50",
             "--json",
         )
     )
-    assert set(r["loader_samples_per_s"]) == {"0"} and r["step_samples_per_s"] > 0
-    assert r["mode"] == "offline" and set(r["fed"]) == {"0"}
+    assert set(r["loader_samples_per_s"]) == {"0"} and r["mode"] == "offline"
+    assert r["step_samples_per_s"] == 50 and not r["step_measured"]
+    per_core = r["loader_samples_per_s_per_core"]["0"]
+    assert r["workers_to_feed"] == -(-50 // per_core)  # ceil(step / per-core rate)
+    read = r["read"]
+    assert read["codec"] == "lossless" and read["batch"] == 2
+    assert read["per_sample"]["decoded_mb"] < read["per_sample"]["float32_mb"]  # fp16 + uint8
+    assert read["fraction_of_bound"] > 0 and read["samples_per_s"]["bound"] > 0
+    assert {"fetch", "crc32c", "zstd", "stack", "float32", "images"} <= set(read["breakdown_ms"])
+    assert r["peak_rss_mb"] > 0
+
+
+def test_loader_against_the_measured_step(inputs: BenchInputs) -> None:
+    r = _json(
+        run_cli(
+            "bench", "loader", *_given(inputs), "--batch-size", "2", "--batches", "1",
+            "--measure-step", "--steps", "1", "--json",
+        )
+    )  # fmt: skip
+    assert r["step_measured"] and r["step_samples_per_s"] > 0 and set(r["fed"]) == {"0"}
 
 
 def test_cache_against_forward(inputs: BenchInputs) -> None:

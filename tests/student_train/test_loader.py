@@ -17,6 +17,7 @@ from md.student_train.config import StudentTrainConfig
 from md.student_train.loader import (
     DistillDataset,
     ShardAwareSampler,
+    build_input,
     cut_map,
     draw_augment,
     unpack_labels,
@@ -143,7 +144,7 @@ def _flip_seeds(flip: bool, n: int = 2):
 
 
 def test_flips_use_the_stored_flipped_views(full_store):
-    cfg = StudentTrainConfig(store=str(full_store), flip=True, **TINY)
+    cfg = StudentTrainConfig(store=str(full_store), flip=True, device_inputs=False, **TINY)
     setup = prepare(cfg)
     ds = DistillDataset(setup.source)
     store = open_store(full_store)
@@ -167,6 +168,7 @@ def test_workers_give_the_same_batches(full_store):
     two = list(make_loader(setup, 0, 4, cpu, num_workers=2))
     assert [b["id"] for b in one] == [b["id"] for b in two]
     for a, b in zip(one, two, strict=True):
+        a, b = build_input(a), build_input(b)
         assert torch.equal(a["x"], b["x"]) and torch.equal(
             a["target/attention/c4"], b["target/attention/c4"]
         )
@@ -209,7 +211,7 @@ def test_online_targets_equal_stored_targets(full_store, det_teacher, synth_det)
         make_loader(offline, 0, 3, cpu), make_loader(online, 0, 3, cpu), strict=True
     ):
         assert b_off["id"] == b_on["id"]
-        stored = stored_targets(b_off, offline.cfg.levels)
+        stored = stored_targets(b_off, offline.cfg.levels, offline.source.store.preset)
         live = live_targets(online.teacher, b_on, strides)
         exact = live_targets(
             teacher64,
@@ -225,7 +227,7 @@ def test_online_targets_equal_stored_targets(full_store, det_teacher, synth_det)
             assert (stored["masks"][lv] - live["masks"][lv]).abs().max() <= m_tol, lv
             tolerance["features"][lv], tolerance["masks"][lv] = tol, torch.tensor(m_tol)
         with torch.no_grad():
-            out = offline.model(b_off["x"])
+            out = offline.model(build_input(b_off)["x"])
         # focal_weights_grad: the same loss values, with the softmax weights' derivative too.
         loss = DistillationLoss(offline.cfg.levels, focal_weights_grad=True)
         a, b = loss(out, stored), loss(out, live)
@@ -242,3 +244,53 @@ def test_bundled_labels_unpack_to_dataset_fields():
     assert det["box_ignore"].tolist() == [False, True] and det["box_occlusion"].tolist() == [1, 2]
     seg = unpack_labels("segmentation", {"labels": np.full((2, 3), 8, dtype=np.uint8)})
     assert seg["labels"].dtype == torch.int64 and seg["labels"].shape == (2, 3)
+
+
+def test_batches_ship_stored_targets_decoded_exactly_in_the_step(full_store):
+    """The loader ships targets as stored (fp16 features, uint8 masks: no float32 on the
+    host); `stored_targets` decodes them to exactly what `TargetStore.read` returns."""
+    cfg = StudentTrainConfig(store=str(full_store), **TINY)
+    setup = prepare(cfg)
+    batch = next(iter(make_loader(setup, 0, 1, torch.device("cpu"))))
+    assert setup.source.store is not None
+    rows = [setup.sampler.batch(0)[j][0] for j in range(cfg.batch_size)]
+    want = setup.source.store.read(rows)
+    got = stored_targets(batch, setup.cfg.levels, setup.source.store.preset)
+    for lv in setup.cfg.levels:
+        assert batch[f"target/features/{lv}"].dtype == torch.float16
+        assert batch[f"target/attention/{lv}"].dtype == torch.uint8
+        for key, name in (("features", "features"), ("masks", "attention")):
+            ref = torch.from_numpy(want[f"{name}/{setup.source.target_levels[lv]}"])
+            assert got[key][lv].dtype == torch.float32
+            assert torch.equal(got[key][lv].view(torch.int32), ref.view(torch.int32)), (key, lv)
+    with pytest.raises(ValueError, match="need the store's codec"):
+        stored_targets({**batch, "target/features/c3": batch["target/attention/c3"]}, ["c3"])
+
+
+@pytest.mark.parametrize("thermal", ["16", "none"])
+def test_inputs_built_on_the_device_equal_the_host_ones(full_store, thermal):
+    """Bundled inputs shipped as uint8 and assembled by `build_input` give bitwise the
+    host's ``x`` (flips and crops included); every other key is unchanged."""
+    from md.student_train.loader import RAW_VISIBLE
+
+    common = {"store": str(full_store), "flip": True, "crop": (64,), **TINY}
+    if thermal == "none":
+        common["thermal_factor"] = "none"
+    host = prepare(StudentTrainConfig(device_inputs=False, **common))
+    dev = prepare(StudentTrainConfig(**common))
+    cpu = torch.device("cpu")
+    n = 0
+    for a, b in zip(make_loader(host, 0, 4, cpu), make_loader(dev, 0, 4, cpu), strict=True):
+        assert "x" not in b and b[RAW_VISIBLE].dtype == torch.uint8
+        built = build_input(b)
+        assert set(built) == set(a)
+        assert torch.equal(built["x"], a["x"]) and built["x"].dtype == torch.float32
+        for key in a:
+            if isinstance(a[key], torch.Tensor):
+                assert torch.equal(a[key], built[key]), key
+            elif isinstance(a[key], list) and a[key] and isinstance(a[key][0], torch.Tensor):
+                assert all(torch.equal(u, v) for u, v in zip(a[key], built[key], strict=True))
+            else:
+                assert a[key] == built[key], key
+        n += 1
+    assert n == 4

@@ -253,3 +253,82 @@ def test_store_whose_array_metadata_was_edited_is_refused(full_store, tmp_path):
 def test_misaligned_crop_is_refused(full_store, tmp_path):
     err = _one_line_error(tmp_path / "s.pt", "--store", str(full_store), "crop=48")
     assert "multiple of align=32" in err
+
+
+def _prefetch_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name == "md-student-prefetch"]
+
+
+def test_prefetch_matches_no_prefetch_and_ends_with_the_run(full_store, tmp_path):
+    """The read-ahead thread (default with 0 workers) trains on the same batches: bitwise
+    the weights of prefetch_batches=0; and it is gone when the run returns."""
+    args = ("--store", str(full_store), "iterations=3", "flip=true", "crop=64")
+    _train(tmp_path / "ahead.pt", *args)
+    _train(tmp_path / "plain.pt", *args, "prefetch_batches=0")
+    assert _same_weights(tmp_path / "ahead.pt", tmp_path / "plain.pt")
+    assert _prefetch_threads() == []
+
+
+def test_prefetch_ends_cleanly_on_a_read_error(full_store, tmp_path, monkeypatch):
+    from md.errors import StoreError
+    from md.student_train.config import StudentTrainConfig
+    from md.student_train.loader import DistillDataset
+    from md.student_train.run import run
+
+    calls = {"n": 0}
+    real = DistillDataset.__getitems__
+
+    def failing(self, keys):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise StoreError("s.zarr: cannot read features/c3 (injected)")
+        return real(self, keys)
+
+    monkeypatch.setattr(DistillDataset, "__getitems__", failing)
+    cfg = StudentTrainConfig(
+        store=str(full_store), iterations=6, batch_size=2, width=0.125, head_channels=32,
+        progress=False,
+    )  # fmt: skip
+    with pytest.raises(StoreError, match="injected"):
+        run(cfg, out=tmp_path / "s.pt")
+    assert calls["n"] == 3  # raised at the batch that failed; nothing read after it
+    assert _prefetch_threads() == []
+
+
+def test_prefetch_ends_cleanly_on_an_interrupt_and_resume_stays_exact(
+    full_store, tmp_path, monkeypatch
+):
+    import md.train.loop as loop_mod
+    from md.student_train.config import StudentTrainConfig
+    from md.student_train.run import run
+
+    cfg = StudentTrainConfig(
+        store=str(full_store), iterations=4, batch_size=2, width=0.125, head_channels=32,
+        progress=False, flip=True, crop=(64,),
+    )  # fmt: skip
+    run(cfg, out=tmp_path / "full.pt")
+    real = loop_mod._step
+
+    def interrupted(*a, **k):
+        if a[5] == 2:  # iteration 2: Ctrl-C while the thread reads ahead
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(loop_mod, "_step", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg, out=tmp_path / "cut.pt")
+    assert _prefetch_threads() == []
+    run(cfg, out=tmp_path / "cut.pt", resume=True)
+    assert _same_weights(tmp_path / "full.pt", tmp_path / "cut.pt")
+
+
+def test_inputs_built_on_the_device_train_to_the_same_weights(full_store, tmp_path):
+    """Bundled inputs shipped as uint8 and assembled in the step (the default) train to
+    bitwise the weights of the host-built input (on a CPU both are the same operations)."""
+    args = ("--store", str(full_store), "iterations=3", "flip=true", "crop=64")
+    _train(tmp_path / "dev.pt", *args)
+    _train(tmp_path / "host.pt", *args, "device_inputs=false")
+    assert _same_weights(tmp_path / "dev.pt", tmp_path / "host.pt")

@@ -82,6 +82,8 @@ def test_run_control_fields_come_from_the_config_declarations():
     assert run_control_fields(StudentTrainConfig) == shared | {
         "prefetch_factor",
         "pin_memory",
+        "prefetch_batches",
+        "device_inputs",
         "dist_timeout_s",
     }
     assert loop_settings(StudentTrainConfig(), 10).run_control == run_control_fields(

@@ -44,6 +44,8 @@ def ensure_setup(
     n_train: int = 16,
     n_test: int = 8,
     need_store: bool = True,
+    teacher_preset: str = "cpu-tiny",
+    teacher_overrides: tuple[str, ...] = (),
 ) -> BenchInputs:
     """Use the given paths; build what is missing in `workdir` (data -> teacher -> store)."""
     _check_exists(data, "dataset", "--data")
@@ -62,7 +64,7 @@ def ensure_setup(
         built = True
     if not teacher:
         teacher = str(work / "teacher.pt")
-        train_tiny_teacher(data, teacher, task)
+        train_tiny_teacher(data, teacher, task, preset=teacher_preset, overrides=teacher_overrides)
         built = True
     if not store and need_store:
         store = str(work / "train.zarr")
@@ -71,15 +73,23 @@ def ensure_setup(
     return BenchInputs(data=data, teacher=teacher, store=store or "", synthetic=built)
 
 
-def train_tiny_teacher(data: str, out: str, task: Task, iterations: int = 10) -> None:
-    """A cpu-tiny teacher for `iterations` steps (quiet)."""
+def train_tiny_teacher(
+    data: str,
+    out: str,
+    task: Task,
+    iterations: int = 10,
+    preset: str = "cpu-tiny",
+    overrides: tuple[str, ...] = (),
+) -> None:
+    """A `preset` (cpu-tiny) teacher for `iterations` steps (quiet); `overrides` are
+    md train-teacher key=value fields (e.g. ``width=1.0``: the paper's teacher)."""
     import md.teacher_train as tt
 
     cfg = resolve_config(
         tt.TeacherTrainConfig,
         presets=tt.PRESETS,
-        preset="cpu-tiny",
-        overrides=[f"iterations={iterations}", "progress=false"],
+        preset=preset,
+        overrides=[f"iterations={iterations}", *overrides, "progress=false"],
         task=task,
         data=data,
     )

@@ -6,8 +6,10 @@
   step), the `online_teacher` mode;
 - ``in_memory``: targets already in device memory, the step alone on one batch (the bound).
 
-The modes' steps are interleaved (one step of each per round, rotating order), so a
-process's warm-up trend is shared by all three. Each reports the median ms per step and the
+The modes' steps are interleaved (a block of steps of each per round, rotating order), so
+a process's warm-up trend is shared by all three; offline and online stream their batches
+as `md train-student` does (`stream_batches`: read ahead on a thread with 0 workers), and
+only a block's steps whose batches were read during that mode's own steps are timed. Each reports the median ms per step and the
 peak memory over its timed steps: on CUDA the allocator's peak (``torch.cuda.max_memory_allocated``,
 reset before each step); on CPU, where torch's allocator keeps no peak, the peak resident
 set size of the process sampled every 2 ms during the mode's steps (Linux
@@ -32,7 +34,7 @@ from md.config import resolve_config
 from md.student_train.bench import training_step
 from md.student_train.config import PRESETS, StudentTrainConfig
 from md.student_train.resolve import prepare
-from md.student_train.run import make_loader
+from md.student_train.run import make_loader, stream_batches
 from md.train import recipe
 from md.train.loop import to_device
 
@@ -107,11 +109,10 @@ class _Mode:
 def _mode(cfg: StudentTrainConfig, device: torch.device, n: int, repeat_first: bool) -> _Mode:
     setup = prepare(cfg)
     step = training_step(setup, device)
-    loader = iter(
-        make_loader(setup, 0, 1 if repeat_first else n, device, num_workers=setup.cfg.num_workers)
-    )
-    if not repeat_first:
-        return _Mode(step, loader, setup.cfg.channels_last, setup.cfg.width)
+    if not repeat_first:  # streamed as md train-student streams (read-ahead thread included)
+        stream = stream_batches(setup, 0, n, device, num_workers=setup.cfg.num_workers)
+        return _Mode(step, stream, setup.cfg.channels_last, setup.cfg.width)
+    loader = iter(make_loader(setup, 0, 1, device, num_workers=setup.cfg.num_workers))
     first = to_device(next(loader), device, setup.cfg.channels_last)  # targets on the device
 
     def again() -> Iterator[dict[str, Any]]:
@@ -180,20 +181,29 @@ def bench_train_step(
     dev = recipe.resolve_device(base.device)
     offline = replace(base, store=store)
     online = replace(base, store="", online_teacher=teacher)
-    # enough iterations that the loaders never run dry
-    n = warmup + steps
+    # Each mode runs `block` consecutive steps per round and only the last `timed` of them
+    # count: a read-ahead thread (prefetch_batches batches deep) fills its queue while the
+    # other modes step, so the first batches of a block come for free; from step
+    # prefetch_batches + 1 on, every batch was read while the mode's own steps ran.
+    ahead = base.prefetch_batches if base.num_workers == 0 else 0
+    timed = 2
+    block = ahead + 1 + timed
+    rounds = warmup + -(-steps // timed)
+    n = rounds * block  # enough iterations that the loaders never run dry
     plans = {"offline": (offline, False), "online": (online, False), "in_memory": (offline, True)}
     modes = {
         name: _mode(replace(cfg, iterations=max(cfg.iterations, n)), dev, n, in_memory)
         for name, (cfg, in_memory) in plans.items()
     }
-    # Interleaved, one step of each mode per round, in a rotating order: a process's steps
+    # Interleaved, one block of each mode per round, in a rotating order: a process's steps
     # speed up over its first minutes (allocator, caches), which timing the modes one after
     # another charged to whichever ran first.
     names = list(modes)
-    for i in range(n):
-        for name in names[i % 3 :] + names[: i % 3]:
-            _timed_step(modes[name], dev, keep=i >= warmup)
+    for r in range(rounds):
+        for name in names[r % 3 :] + names[: r % 3]:
+            for j in range(block):
+                keep = r >= warmup and j >= block - timed and len(modes[name].times) < steps
+                _timed_step(modes[name], dev, keep=keep)
     out = {name: _report(m, dev) for name, m in modes.items()}
     return {
         "benchmark": "train-step",

@@ -77,16 +77,28 @@ def _inputs_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @contextlib.contextmanager
 def _setup(
-    data: str | None, teacher: str | None, store: str | None, task: str, need_store: bool = True
+    data: str | None,
+    teacher: str | None,
+    store: str | None,
+    task: str,
+    need_store: bool = True,
+    size: tuple[int, int] | None = None,
+    teacher_width: float | None = None,
 ) -> Iterator[Any]:
-    """The user's inputs, or a tiny synthetic set-up in a temporary folder (removed after)."""
+    """The user's inputs, or a synthetic set-up in a temporary folder (removed after): tiny
+    by default; `size` (W, H) and a cpu-demo teacher of `teacher_width` when given."""
     from md.bench.setup import ensure_setup
 
+    extra: dict[str, Any] = {}
+    if size is not None:
+        extra["size"] = size
+        extra["n_train"] = 32  # two shards of 16
+    if teacher_width is not None:  # cpu-demo at that width, one step: timings need no training
+        extra["teacher_preset"] = "cpu-demo"
+        extra["teacher_overrides"] = (f"width={teacher_width}", "iterations=1")
     with tempfile.TemporaryDirectory(prefix="md-bench-") as tmp:
         if not (data and teacher and (store or not need_store)):
-            click.echo(
-                "building a tiny synthetic set-up (data, cpu-tiny teacher, store) ...", err=True
-            )
+            click.echo("building a synthetic set-up (data, teacher, store) ...", err=True)
         yield ensure_setup(
             tmp,
             data=data,
@@ -94,6 +106,7 @@ def _setup(
             store=store,
             task=task,  # type: ignore[arg-type]
             need_store=need_store,
+            **extra,
         )
 
 
@@ -343,28 +356,50 @@ def train_step(
 @bench.command("loader")
 @_inputs_options
 @click.option(
+    "--size",
+    type=_Size(),
+    default="640x512",
+    show_default=True,
+    help="WxH of the synthetic set-up built when --data/--store are left out (the paper's "
+    "640x512 with a width-1 teacher; takes minutes on a CPU).",
+)
+@click.option(
     "--preset",
     type=click.Choice(["cpu-tiny", "cpu-demo", "gpu-full"]),
     default=None,
-    help="md train-student preset.",
+    help="md train-student preset (its width must match the teacher's).",
 )
 @click.option(
-    "--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Student batch."
+    "--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Batch."
 )
-@click.option("--workers", default="0,1,2", show_default=True, help="Worker counts to time.")
+@click.option(
+    "--workers", default="0", show_default=True, help="Worker counts to time, e.g. 0,1,2."
+)
 @click.option(
     "--batches",
     type=click.IntRange(min=1),
-    default=20,
+    default=6,
     show_default=True,
-    help="Timed loader batches per worker count.",
+    help="Timed batches per worker count and of the read path.",
+)
+@click.option(
+    "--step-samples-per-s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=680.0,
+    show_default=True,
+    help="Step rate to feed (a GPU step at 640x512 b16); workers_to_feed is for it.",
+)
+@click.option(
+    "--measure-step",
+    is_flag=True,
+    help="Time the training step here instead (its samples/s replaces --step-samples-per-s).",
 )
 @click.option(
     "--steps",
     type=click.IntRange(min=1),
-    default=5,
+    default=3,
     show_default=True,
-    help="Timed training steps.",
+    help="Timed training steps (with --measure-step).",
 )
 @click.argument("overrides", nargs=-1)
 @_threads
@@ -375,26 +410,34 @@ def loader(
     task: str,
     device: str,
     as_json: bool,
+    size: tuple[int, int],
     preset: str | None,
     batch_size: int,
     workers: str,
     batches: int,
+    step_samples_per_s: float,
+    measure_step: bool,
     steps: int,
     overrides: tuple[str, ...],
 ) -> None:
-    """Loader samples/s per worker count vs the training step's samples/s."""
-    from md.bench.loader import bench_loader_vs_step
+    """Read path vs the zstd+crc32c bound, loader samples/s (per core) per worker count,
+    workers_to_feed a step rate, peak RSS. OVERRIDES are md train-student key=value fields."""
+    from md.bench.loader import bench_loader_full
 
     counts = [int(w) for w in workers.split(",") if w.strip()]
-    with _setup(data, teacher, store, task) as s:
+    with _setup(data, teacher, store, task, size=size, teacher_width=1.0) as s:
+        width = [] if (data and store) else ["width=1.0"]  # the student of the teacher built here
         _emit(
-            bench_loader_vs_step(
+            bench_loader_full(
                 store=s.store,
                 data=s.data,
                 preset=preset,
-                overrides=(f"batch_size={batch_size}", f"device={device}", *overrides),
+                overrides=(f"device={device}", *width, *overrides),
                 workers=counts,
                 batches=batches,
+                read_batches=batches,
+                batch_size=batch_size,
+                step_samples_per_s=None if measure_step else step_samples_per_s,
                 steps=steps,
             ),
             s,

@@ -125,3 +125,27 @@ async def read_chunks(arr: zarr.Array, layout: ShardLayout, idx: np.ndarray) -> 
             raise MissingChunkError(keys[int(i) // layout.shard_len])
         out.append(buf.to_bytes())
     return out
+
+
+def read_chunks_local(
+    store: CheckedStore, arr: zarr.Array, layout: ShardLayout, idx: np.ndarray
+) -> list[bytes]:
+    """`read_chunks` for a read-only local store, in the caller's thread (`read_local`):
+    per shard its cached index, then its samples' byte ranges with ``pread``."""
+    out: dict[int, bytes] = {}
+    by_shard: dict[int, list[int]] = {}
+    for i in idx.tolist():
+        by_shard.setdefault(int(i) // layout.shard_len, []).append(int(i))
+    for k, rows in by_shard.items():
+        key = shard_object_key(arr, k)
+        index_bytes, _ = store.read_local(key, [], layout.index_nbytes)
+        index = layout.decode_index(index_bytes)
+        ranges = []
+        for i in rows:
+            offset, length = (int(v) for v in index[i % layout.shard_len])
+            if offset == 2**64 - 1:
+                raise ValueError(f"sample {i} has no chunk in {key}")
+            ranges.append((offset, offset + length))
+        _, chunks = store.read_local(key, ranges, layout.index_nbytes)
+        out.update(zip(rows, chunks, strict=True))
+    return [out[int(i)] for i in idx.tolist()]

@@ -29,7 +29,7 @@ import contextlib
 import os
 import re
 import zipfile
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -293,6 +293,7 @@ class CheckedStore(WrapperStore[Store]):
         self._index_cache: dict[tuple[str, int], tuple[BufferPrototype, Buffer]] = {}
         # One fetch per shard index even when reads of one shard run concurrently.
         self._index_locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self._local_index: dict[tuple[str, int], bytes] = {}  # `read_local`'s index cache
         self._writing = 0  # > 0 while `writing()` is active
         self._zip_sizes: dict[str, int] | None = None
         # Local stores: keys whose path inside the store has no symbolic link (checked once).
@@ -381,6 +382,50 @@ class CheckedStore(WrapperStore[Store]):
             raise MissingChunkError(key)
         self.bytes_read += len(buf) if buf is not None else 0
         return buf
+
+    @property
+    def local(self) -> bool:
+        """Whether this is a read-only local directory store (`read_local` works)."""
+        return self._local_root is not None and self._cache_index
+
+    def read_local(
+        self, key: str, ranges: Sequence[tuple[int, int]], index_nbytes: int
+    ) -> tuple[bytes, list[bytes]]:
+        """A local shard object's last `index_nbytes` bytes (cached like `get`'s suffix reads)
+        and the byte ranges ``(start, stop)``, read with ``pread`` in the caller's thread:
+        no round trip through zarr's event loop (20-35 ms per 640x512 batch on a busy
+        2-core CPU). Counted in `requests` / `index_reads` / `bytes_read` as `get` counts.
+        Only for read-only local stores (`local`); a missing object raises MissingChunkError."""
+        assert self._local_root is not None
+        self._no_link(key)
+        path = self._local_root / key
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise MissingChunkError(key) from None
+        try:
+            cache_key = (key, index_nbytes)
+            index = self._local_index.get(cache_key)
+            if index is None:
+                self.requests += 1
+                self.index_reads += 1
+                size = os.fstat(fd).st_size
+                index = os.pread(fd, index_nbytes, max(0, size - index_nbytes))
+                if len(self._local_index) >= _INDEX_CACHE_MAX:
+                    self._local_index.clear()
+                self._local_index[cache_key] = index
+                self.bytes_read += len(index)
+            out = []
+            for start, stop in ranges:
+                self.requests += 1
+                data = os.pread(fd, stop - start, start)
+                if len(data) != stop - start:
+                    raise ValueError(f"{key}: byte range {start}-{stop} beyond the object's end")
+                self.bytes_read += len(data)
+                out.append(data)
+            return index, out
+        finally:
+            os.close(fd)
 
     async def get_partial_values(
         self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]

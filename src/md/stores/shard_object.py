@@ -140,6 +140,40 @@ class ShardLayout:
             raise ValueError(f"chunk of {values.size} values, expected {self.sample_shape}")
         return values.reshape(self.sample_shape)
 
+    def decode_chunk_into(self, data: bytes, out: np.ndarray) -> None:
+        """`decode_chunk` straight into `out` (one sample, C-contiguous, this layout's dtype
+        and sample shape): the crc32c is checked over the whole chunk in one pass (no copy of
+        the compressed bytes) and zstd writes into `out` (no intermediate bytes object). A
+        checksum mismatch or a frame of another size raises ValueError."""
+        if out.shape != self.sample_shape or out.dtype != self.dtype or not out.flags.c_contiguous:
+            raise ValueError(f"buffer {out.dtype} {out.shape} does not fit {self.sample_shape}")
+        if len(data) < 4 or google_crc32c.value(data) != _CRC32C_RESIDUE:
+            raise ValueError("chunk: stored and computed crc32c checksums do not match")
+        frame = memoryview(data)[:-4]
+        if frame_content_size(frame) != out.nbytes:  # zstd would fill a larger frame's head
+            raise ValueError(f"chunk of {frame_content_size(frame)} bytes, expected {out.nbytes}")
+        Zstd(level=self.level, checksum=self.checksum).decode(frame, out=out.reshape(-1))
+
+
+# crc32c over data followed by its own little-endian crc32c is this constant for any data:
+# checking a chunk against it reads the chunk once and copies nothing.
+_CRC32C_RESIDUE = 0x48674BC7
+
+
+def frame_content_size(frame: bytes | memoryview) -> int | None:
+    """The decompressed size a zstd frame header declares (RFC 8878 3.1.1.1), or None when
+    the header does not declare one (or is not a zstd frame)."""
+    if len(frame) < 6 or bytes(frame[:4]) != b"\x28\xb5\x2f\xfd":
+        return None
+    desc = frame[4]
+    fcs_flag, single, did_flag = desc >> 6, (desc >> 5) & 1, desc & 3
+    pos = 5 + (0 if single else 1) + (0, 1, 2, 4)[did_flag]
+    size = (1 if single else 0, 2, 4, 8)[fcs_flag]
+    if size == 0 or len(frame) < pos + size:
+        return None
+    value = int.from_bytes(bytes(frame[pos : pos + size]), "little")
+    return value + 256 if size == 2 else value
+
 
 def _check_crc32c(data: bytes, what: str) -> None:
     if len(data) < 4 or _crc32c(data[:-4]) != data[-4:]:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -39,7 +39,14 @@ import zarr
 from zarr.core.sync import sync  # zarr's own bridge onto its event loop
 
 from md.errors import IncompleteStoreError, StoreError
-from md.stores.array_io import object_bytes, object_sizes, raise_first, read_arrays, write_arrays
+from md.stores.array_io import (
+    object_bytes,
+    object_sizes,
+    raise_first,
+    read_arrays,
+    read_chunks_local,
+    write_arrays,
+)
 from md.stores.backends import MissingChunkError, parse_location, stored_bytes
 from md.stores.codecs import CodecPreset
 from md.stores.encode import (
@@ -62,6 +69,11 @@ from md.stores.schema import (
 )
 
 Mode = Literal["r", "r+"]
+Alloc = Callable[[tuple[int, ...], np.dtype[Any]], np.ndarray]  # (shape, dtype) -> buffer
+
+
+def _numpy_alloc(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+    return np.empty(shape, dtype=dtype)
 
 
 class TargetStore:
@@ -307,6 +319,35 @@ class TargetStore:
         Names are target names (``features/L`` float32 dequantized, ``attention/L`` float32
         in [0, 1], extras in their dtype) plus ``sample_id`` and ``group`` (str); all by
         default. Raises `IncompleteStoreError` if any sample's shard is not written.
+        `read_stored` is the same read without the float32 decoding.
+        """
+        h = self._handle()
+        names = list(names) if names is not None else [*h.schema.target_shapes(), *META_NAMES]
+        stored = self.read_stored(indices, names)
+        out = {}
+        for name in names:
+            with self._errors(name):
+                out[name] = decode_target(name, stored, h.preset)
+        return out
+
+    def read_stored(
+        self,
+        indices: Sequence[int] | np.ndarray,
+        names: Sequence[str] | None = None,
+        *,
+        alloc: Alloc | None = None,
+    ) -> dict[str, np.ndarray]:
+        """`read` without decoding to float32: {stored array name: values as stored}.
+
+        For each target name its stored arrays (`stored_names`): ``features/L`` float16
+        (lossless) or uint8 codes plus ``feature_scale/L`` uint8 [n, C] scale codes
+        (quantized presets), ``attention/L`` uint8 (``round(m * 255)``), extras in their
+        dtype; ``sample_id`` and ``group`` as str. `decode_target` (numpy) or
+        `md.stores.device.decode_target` (torch, on any device) turn them into exactly what
+        `read` returns. Every chunk's crc32c is verified; chunks of md's shard layout are
+        decompressed straight into row j of one buffer per array, ``alloc(shape, dtype)``
+        (numpy memory by default; pass page-locked memory to copy it to a GPU without another
+        host copy), so nothing is stacked or cast on the host.
         """
         h = self._handle()
         idx = self._indices(indices)
@@ -320,34 +361,59 @@ class TargetStore:
                 missing,
             )
         uniq, inverse = np.unique(idx, return_inverse=True)
-        stored = self._fetch(h, names, uniq)
-        out = {}
-        for name in names:
-            with self._errors(name):
-                out[name] = decode_target(name, stored, h.preset)[inverse]
+        stored = list(dict.fromkeys(s for name in names for s in stored_names(name, h.preset)))
+        out = self._fetch(h, stored, uniq, inverse, alloc or _numpy_alloc)
+        for name in stored:
+            if name in META_NAMES:
+                out[name] = np.array(out[name].tolist(), dtype=np.str_)
         return out
 
-    def _fetch(self, h: Handle, names: Sequence[str], idx: np.ndarray) -> dict[str, np.ndarray]:
-        """Samples `idx` of every stored array behind `names`, all arrays at once.
+    def _fetch(
+        self, h: Handle, stored: Sequence[str], uniq: np.ndarray, inverse: np.ndarray, alloc: Alloc
+    ) -> dict[str, np.ndarray]:
+        """Samples `uniq` of every stored array `stored`, all arrays at once, laid out in the
+        order ``uniq[inverse]``.
 
         The reads are gathered on zarr's event loop, so a remote backend overlaps their round
         trips (bounded by its connection pool); every read runs to its end, then the first
         failure is raised as a one-line StoreError naming its array.
         """
-        stored = list(dict.fromkeys(s for name in names for s in stored_names(name, h.preset)))
         with self._errors(", ".join(stored)):
             arrays = h.open_arrays(stored)
         layouts = [h.layout(name) for name in stored]
-        results = sync(read_arrays(arrays, layouts, idx))
+        if h.store.local:  # md's shard layout read in this thread; the rest on zarr's loop
+            rest = [j for j, lay in enumerate(layouts) if lay is None]
+            results: list[Any] = [None] * len(stored)
+            if rest:
+                got = sync(read_arrays([arrays[j] for j in rest], [None] * len(rest), uniq))
+                for j, r in zip(rest, got, strict=True):
+                    results[j] = r
+            for j, lay in enumerate(layouts):
+                if lay is not None:
+                    try:
+                        results[j] = read_chunks_local(h.store, arrays[j], lay, uniq)
+                    except (MissingChunkError, ValueError, OSError) as e:
+                        results[j] = e
+        else:
+            results = sync(read_arrays(arrays, layouts, uniq))
         out: dict[str, np.ndarray] = {}
         for name, layout, result in zip(stored, layouts, results, strict=True):
             with self._errors(name):
                 if isinstance(result, BaseException):
                     raise result
                 if layout is None:
-                    out[name] = np.asarray(result)
-                else:  # verified and decompressed here, off zarr's event loop
-                    out[name] = np.stack([layout.decode_chunk(b) for b in result])
+                    out[name] = np.asarray(result)[inverse]
+                    continue
+                # verified and decompressed here, off zarr's event loop, into the batch buffer
+                buf = alloc((len(inverse), *layout.sample_shape), layout.dtype)
+                first: dict[int, int] = {}
+                for j, u in enumerate(inverse.tolist()):
+                    if u in first:  # a duplicate index: decoded once
+                        buf[j] = buf[first[u]]
+                    else:
+                        layout.decode_chunk_into(result[u], buf[j])
+                        first[u] = j
+                out[name] = buf
         return out
 
     def _indices(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:

@@ -93,12 +93,18 @@ def step_rate(setup: Setup, device: torch.device, steps: int, warmup: int = 2) -
 
 
 def bench_loader(
-    cfg: StudentTrainConfig, workers: Sequence[int] = (0, 1, 2), batches: int = 20, steps: int = 5
+    cfg: StudentTrainConfig,
+    workers: Sequence[int] = (0, 1, 2),
+    batches: int = 20,
+    steps: int = 5,
+    *,
+    measure_step: bool = True,
 ) -> dict[str, Any]:
-    """Loader samples/s per worker count vs the step's samples/s (see the module docstring)."""
+    """Loader samples/s per worker count vs the step's samples/s (see the module docstring);
+    without `measure_step` the step is not run (``step_samples_per_s`` None)."""
     setup = prepare(cfg)
     device = recipe.resolve_device(cfg.device)
-    step = step_rate(setup, device, steps)
+    step = step_rate(setup, device, steps) if measure_step else None
     loaders = {w: loader_rate(setup, device, w, batches) for w in workers}
     src = setup.source
     return {
@@ -110,8 +116,8 @@ def bench_loader(
         "flip": src.flip,
         "store": cfg.store or None,
         "mode": "native" if not cfg.distill else "online" if setup.teacher else "offline",
-        "step_samples_per_s": round(step, 2),
+        "step_samples_per_s": None if step is None else round(step, 2),
         "loader_samples_per_s": {str(w): round(r, 2) for w, r in loaders.items()},
-        "fed": {str(w): r >= step for w, r in loaders.items()},
+        "fed": None if step is None else {str(w): r >= step for w, r in loaders.items()},
         "torch_threads": torch.get_num_threads(),
     }

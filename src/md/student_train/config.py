@@ -45,6 +45,10 @@ class StudentTrainConfig(recipe.RunConfig):
     # (num_workers: each DataLoader worker opens the store itself)
     prefetch_factor: int = recipe.run_control(2)  # batches each worker prepares ahead
     pin_memory: bool = recipe.run_control(True)  # page-locked batches, non_blocking copies (CUDA)
+    # With num_workers=0: batches read ahead on a thread while the step runs (0 = off)
+    prefetch_batches: int = recipe.run_control(2)
+    # Bundled inputs: ship the uint8 images and build the student input on the step's device
+    device_inputs: bool = recipe.run_control(True)
     # Multi-process (torchrun) training; batch_size above is the global batch.
     shard_groups: int = 0  # G disjoint shard groups per batch (a multiple of W); 0 = W processes
     sync_batchnorm: bool = True  # BatchNorm statistics over the global batch, not per process
@@ -53,7 +57,7 @@ class StudentTrainConfig(recipe.RunConfig):
     LIMITS: ClassVar[dict[str, Limit]] = {
         **recipe.MODEL_LIMITS, "attention_weight": NON_NEGATIVE, "semantic_weight": NON_NEGATIVE,
         "crop": Limit(32), "window_shards": AT_LEAST_1, "prefetch_factor": AT_LEAST_1,
-        "shard_groups": NON_NEGATIVE, "dist_timeout_s": AT_LEAST_1,
+        "prefetch_batches": NON_NEGATIVE, "shard_groups": NON_NEGATIVE, "dist_timeout_s": AT_LEAST_1,
     }  # fmt: skip
 
 

@@ -25,7 +25,9 @@ Augmentation consistency (offline == online == what the teacher would say):
 
 Sample keys: ``id``, ``group``, ``x`` (C, h, w) student input (C = 6, or 3 visible-only), the
 task's labels (``labels`` or ``boxes``/``box_ignore``/``box_occlusion``), targets
-``target/features/L`` (C_L, h_L, w_L) and ``target/attention/L`` (1, h_L, w_L) when read, and
+``target/features/L`` (C_L, h_L, w_L) and ``target/attention/L`` (1, h_L, w_L) when read, as
+stored (float16, or uint8 codes with ``target/feature_scale/L`` (C_L,) uint8 scale codes;
+uint8 masks): float32 happens on the step's device (`md.stores.device`), and
 for an online teacher ``teacher/visible`` (3, H, W), ``teacher/thermal`` (1, H, W) full frame
 after the flip plus ``crop_window`` (4,) int64 (top, left, h, w).
 """
@@ -60,9 +62,14 @@ from md.stores.schema import (
     NUM_BOXES,
     attention_name,
     features_name,
+    scale_array_name,
 )
 
 ALIGN = 32  # coarsest backbone stride (c5): crops on this grid cut every level exactly
+SCALE_KEY = "target/feature_scale/"  # + level: a quantized store's uint8 scale codes (C,)
+# The student input's parts when it is built on the device (`device_inputs`, `build_input`)
+RAW_VISIBLE, RAW_THERMAL = "input/visible", "input/thermal"  # uint8 (3, h, w), (1, h_T, w_T)
+RAW_FLIP, RAW_WINDOW, RAW_FRAME = "input/flip", "input/window", "input/frame"
 
 Key = tuple[int, int]  # (row, aug_seed)
 
@@ -313,6 +320,7 @@ class SampleSource:
     crop_hw: tuple[int, int] | None = None
     teacher_inputs: bool = False  # also deliver full-frame images for an online teacher
     ids: np.ndarray | None = None  # store row -> sample id (read once, not per batch)
+    device_inputs: bool = False  # bundled inputs: ship uint8, build ``x`` on the device
     groups: np.ndarray | None = None  # store row -> group
 
 
@@ -359,7 +367,9 @@ class DistillDataset(Dataset[dict[str, Any]]):
 
     def _read_store(self, rows: list[int], augs: list[Augment]) -> list[dict[str, np.ndarray]]:
         """Per position, the store arrays it needs: one read of the inputs for the batch,
-        one read of the targets per flip state present."""
+        one read of the targets per flip state present. Targets stay as stored (fp16 or
+        uint8 codes + ``target/feature_scale/L`` codes, uint8 masks): the step decodes them
+        on its device (`md.stores.device`, via `md.student_train.model.stored_targets`)."""
         out: list[dict[str, np.ndarray]] = [{} for _ in rows]
         store = self.src.store
         if store is None:
@@ -373,15 +383,22 @@ class DistillDataset(Dataset[dict[str, Any]]):
             names = self._target_names(flip)
             if not pos or not names:
                 continue
-            got = store.read([rows[i] for i in pos], names=list(names))
+            got = store.read_stored([rows[i] for i in pos], names=list(names))
+            keys = dict(names)
+            for name, key in names.items():
+                scale = scale_array_name(name)
+                if scale in got:
+                    keys[scale] = key.replace("target/features/", SCALE_KEY, 1)
             for j, i in enumerate(pos):
-                out[i].update({key: got[name][j] for name, key in names.items()})
+                out[i].update({key: got[name][j] for name, key in keys.items()})
         return out
 
     # -- one sample ----------------------------------------------------------------------------
 
     def _sample(self, row: int, aug: Augment, stored: dict[str, np.ndarray]) -> dict[str, Any]:
         s = self.src
+        if s.device_inputs and s.bundled_inputs and not s.teacher_inputs:
+            return self._raw_sample(row, aug, stored)
         item = self._base_item(row, stored)
         # Thermal at student resolution, on the full frame; the teacher keeps the full one.
         full_thermal = item["thermal"]
@@ -399,29 +416,60 @@ class DistillDataset(Dataset[dict[str, Any]]):
             item["crop_window"] = torch.tensor(aug.window or (0, 0, *s.image_hw))
         if aug.window is not None:
             item = crop_sample(item, *aug.window, align=ALIGN)
-        for key in [k for k in stored if k.startswith("target/")]:
-            t = torch.from_numpy(np.ascontiguousarray(stored[key]))
-            item[key] = t if aug.window is None else cut_map(t, aug.window, self._stride(key))
+        self._add_targets(item, aug, stored)
         item["x"] = student_input(
             item.pop("visible"), None if s.thermal_factor is None else item["thermal"]
         )
         item.pop("thermal")
         return item
 
+    def _raw_sample(self, row: int, aug: Augment, stored: dict[str, np.ndarray]) -> dict[str, Any]:
+        """A sample whose student input is built on the step's device (`device_inputs`):
+        the bundled uint8 visible image, flipped and cropped (exact on uint8), the bundled
+        low-resolution uint8 thermal as stored (full frame, unflipped: upsampled, flipped and
+        cut there, in the order `_sample` uses), the flip and the window; targets as in
+        `_sample`. 1 MB per 640x512 sample instead of 7.9 MB of float32 ``x``."""
+        s = self.src
+        item = self._base_item(row, stored, raw=True)
+        item.pop("thermal", None)  # None: only the bundled low-resolution one exists
+        if aug.flip:
+            item = hflip_sample(item)
+        if aug.window is not None:
+            item = crop_sample(item, *aug.window, align=ALIGN)
+        self._add_targets(item, aug, stored)
+        item[RAW_VISIBLE] = item.pop("visible")
+        if s.thermal_factor is not None:
+            item[RAW_THERMAL] = torch.from_numpy(np.ascontiguousarray(stored[INPUT_THERMAL]))
+        item[RAW_FLIP] = torch.tensor(aug.flip)
+        item[RAW_WINDOW] = torch.tensor(aug.window or (0, 0, *s.image_hw))
+        item[RAW_FRAME] = torch.tensor(s.image_hw)
+        return item
+
+    def _add_targets(self, item: dict[str, Any], aug: Augment, stored: dict[str, Any]) -> None:
+        for key in [k for k in stored if k.startswith("target/")]:
+            t = torch.from_numpy(stored[key])  # a view of the batch's buffer, no copy
+            if aug.window is not None and not key.startswith(SCALE_KEY):  # scales: per channel
+                t = cut_map(t, aug.window, self._stride(key))
+            item[key] = t
+
     def _stride(self, key: str) -> int:
         assert self.src.strides is not None
         return self.src.strides[key.rsplit("/", 1)[1]]
 
-    def _base_item(self, row: int, stored: dict[str, np.ndarray]) -> dict[str, Any]:
+    def _base_item(
+        self, row: int, stored: dict[str, np.ndarray], raw: bool = False
+    ) -> dict[str, Any]:
         """Full-frame visible (3, H, W), thermal (1, H, W) (None if only the bundled low one
-        exists), labels, id, group; from the dataset and/or the store."""
+        exists), labels, id, group; from the dataset and/or the store. With `raw` the
+        bundled visible stays uint8."""
         s = self.src
         item: dict[str, Any] = {}
         if s.dataset is not None and not (s.bundled_inputs and s.bundled_labels):
             index = row if s.ds_index is None else int(s.ds_index[row])
             item = dict(s.dataset[index])
         if s.bundled_inputs:
-            item["visible"] = torch.from_numpy(stored[INPUT_VISIBLE]).float() / 255.0
+            visible = torch.from_numpy(stored[INPUT_VISIBLE])
+            item["visible"] = visible if raw else visible.float() / 255.0
             item.setdefault("thermal", None)
         if s.bundled_labels:
             item.update(unpack_labels(s.task, stored))
@@ -433,6 +481,36 @@ class DistillDataset(Dataset[dict[str, Any]]):
                 f", not {s.image_hw} like the rest; use images of one size"
             )
         return item
+
+
+def build_input(batch: dict[str, Any]) -> dict[str, Any]:
+    """A batch from `device_inputs` samples (on any device) -> the same batch with ``x``, as
+    `DistillDataset._sample` builds it on the host: visible / 255; thermal / 255, bilinear up
+    to the full frame (`upsample_thermal`), flipped, cut to the window, repeated 3x. The
+    same float32 operations in the same order, so on a CPU it is bitwise the host's ``x``
+    (tests); batches that carry ``x`` pass through."""
+    if "x" in batch or RAW_VISIBLE not in batch:
+        return batch
+    b = dict(batch)
+    visible = b.pop(RAW_VISIBLE)
+    flips, windows = b.pop(RAW_FLIP).tolist(), b.pop(RAW_WINDOW).tolist()
+    height, width = (int(v) for v in b.pop(RAW_FRAME)[0].tolist())
+    vis = visible.float() / 255.0
+    low = b.pop(RAW_THERMAL, None)
+    if low is None:
+        b["x"] = student_input(vis, None)
+        return b
+    full = low.float().div(255.0)
+    if tuple(full.shape[-2:]) != (height, width):
+        full = F.interpolate(full, size=(height, width), mode="bilinear", align_corners=False)
+    parts = []
+    for i, (top, left, h, w) in enumerate(windows):
+        t = full[i].flip(-1) if flips[i] else full[i]
+        parts.append(t[..., top : top + h, left : left + w])
+    x = student_input(vis, torch.stack(parts))
+    if visible.dim() == 4 and not visible.is_contiguous():  # channels_last, as `to_device` made it
+        x = x.contiguous(memory_format=torch.channels_last)
+    return b | {"x": x}
 
 
 def upsample_thermal(low: np.ndarray, image_hw: tuple[int, int]) -> Tensor:

@@ -11,8 +11,10 @@ import torch
 from torch import Tensor, nn
 
 from md.models import OneStreamStudent, TwoStreamTeacher, build_model, model_args
+from md.stores import device as device_decode
+from md.stores.codecs import CodecPreset, get_preset
 from md.student_train.config import StudentTrainConfig, thermal_factor_of
-from md.student_train.loader import cut_batch
+from md.student_train.loader import build_input, cut_batch
 from md.student_train.losses import DistillationLoss
 from md.train import distributed
 from md.train.loop import LossFn
@@ -55,9 +57,13 @@ def build_student(cfg: StudentTrainConfig) -> OneStreamStudent:
 
 
 def student_loss_fn(
-    cfg: StudentTrainConfig, model: DistillableStudent, teacher: TwoStreamTeacher | None
+    cfg: StudentTrainConfig,
+    model: DistillableStudent,
+    teacher: TwoStreamTeacher | None,
+    codec: CodecPreset | None = None,
 ) -> LossFn:
-    """Task parts (e.g. cls, box / seg), then "task", "attention", "semantic", "total"."""
+    """Task parts (e.g. cls, box / seg), then "task", "attention", "semantic", "total".
+    `codec`: the store's preset, to decode the stored targets on the step's device."""
     distill = None
     if cfg.distill:
         distill = DistillationLoss(
@@ -73,6 +79,7 @@ def student_loss_fn(
     strides = dict(model.strides)
 
     def loss_fn(m: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        batch = build_input(batch)  # bundled uint8 inputs -> x, here on the step's device
         out = m(batch["x"])  # through the DDP wrapper, if any (its gradient hooks)
         student = cast(DistillableStudent, distributed.unwrap(m))  # `model`, unwrapped
         parts = student.loss(out, batch)
@@ -82,7 +89,7 @@ def student_loss_fn(
         targets = (
             live_targets(teacher, batch, strides)
             if teacher is not None
-            else stored_targets(batch, cfg.levels)
+            else stored_targets(batch, cfg.levels, codec)
         )
         d = distill(out, targets)
         return {
@@ -95,11 +102,27 @@ def student_loss_fn(
     return loss_fn
 
 
-def stored_targets(batch: dict[str, Any], levels: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """The batch's store targets as {"features": {L: (B, C, h, w)}, "masks": {L: (B, 1, h, w)}}."""
+def stored_targets(
+    batch: dict[str, Any], levels: Iterable[str], codec: CodecPreset | None = None
+) -> dict[str, dict[str, Any]]:
+    """The batch's store targets as {"features": {L: (B, C, h, w)}, "masks": {L: (B, 1, h, w)}},
+    float32: decoded here, on the batch's device, from what the loader shipped as stored
+    (`codec`: the store's preset; float targets pass through). Bitwise what
+    `TargetStore.read` would have given (`md.stores.device`)."""
+    first = batch[f"target/features/{next(iter(levels))}"] if levels else None
+    if codec is None and first is not None and not first.is_floating_point():
+        raise ValueError("stored_targets: stored (encoded) targets need the store's codec")
+    preset = codec or get_preset("lossless")  # float targets only: passed through
     return {
-        "features": {lv: batch[f"target/features/{lv}"] for lv in levels},
-        "masks": {lv: batch[f"target/attention/{lv}"] for lv in levels},
+        "features": {
+            lv: device_decode.decode_features(
+                batch[f"target/features/{lv}"], batch.get(f"target/feature_scale/{lv}"), preset
+            )
+            for lv in levels
+        },
+        "masks": {
+            lv: device_decode.decode_attention(batch[f"target/attention/{lv}"]) for lv in levels
+        },
     }
 
 

@@ -85,7 +85,7 @@ def prepare(cfg: StudentTrainConfig, *, rank: int = 0, world_size: int = 1) -> S
         source,
         _sampler(cfg, store, rows, len(ds) if ds is not None else 0),
         model,
-        student_loss_fn(cfg, model, teacher),
+        student_loss_fn(cfg, model, teacher, store.preset if store is not None else None),
         teacher,
         meta,
         cfg.iterations or recipe.TASK_ITERATIONS[task],
@@ -338,6 +338,7 @@ def _source(
         teacher_inputs=teacher is not None,
         ids=ids,
         groups=groups,
+        device_inputs=cfg.device_inputs,
     )
 
 

@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader
 
 from md.config import check_limits, save_config
 from md.data import collate
+from md.data.prefetch import Prefetcher
 from md.student_train.config import StudentTrainConfig
 from md.student_train.loader import DistillDataset, IterationSpan
 from md.student_train.resolve import Setup, check_world, prepare
@@ -66,19 +67,24 @@ class FeedMeter:
 
     def wrap(self, batches: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         it = iter(batches)
-        while True:
-            t0 = time.perf_counter()
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-            dt = time.perf_counter() - t0
-            if self.batches == 0:
-                self.first_wait = dt  # worker start-up and the first read: not steady state
-            else:
-                self.wait += dt
-            self.batches += 1
-            yield batch
+        try:
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    return
+                dt = time.perf_counter() - t0
+                if self.batches == 0:
+                    self.first_wait = dt  # worker start-up and the first read: not steady state
+                else:
+                    self.wait += dt
+                self.batches += 1
+                yield batch
+        finally:  # closed early (error, interrupt, stop_after): stop the read-ahead now
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
 
     def record(self, seconds: float) -> dict[str, Any]:
         """Steady-state figures (the first batch excluded): samples/s the step consumed and
@@ -111,6 +117,23 @@ def make_loader(
         pin_memory=cfg.pin_memory and device.type == "cuda",
         persistent_workers=False,
     )
+
+
+def stream_batches(
+    setup: Setup, start: int, stop: int, device: torch.device, num_workers: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """The batches of `make_loader`; with 0 workers (and ``prefetch_batches`` > 0) read
+    ahead on a thread (`md.data.prefetch.Prefetcher`) so reading, decoding and collating the
+    next batches overlap the step (zstd, Pillow and torch release the GIL). Same batches in
+    the same order; an error while reading is raised at its batch; closing the generator
+    (the loop does on errors and interrupts) stops the thread."""
+    loader = make_loader(setup, start, stop, device, num_workers)
+    depth = setup.cfg.prefetch_batches
+    if loader.num_workers or depth == 0:
+        yield from loader
+        return
+    with Prefetcher(iter(loader), depth=depth, name="md-student-prefetch") as batches:
+        yield from batches
 
 
 def loop_settings(cfg: StudentTrainConfig, iterations: int) -> LoopSettings:
@@ -183,7 +206,7 @@ def _train(
     meter = FeedMeter(setup.cfg.batch_size)  # global batch: the ranks step together
 
     def batches(start: int) -> Iterator[dict[str, Any]]:
-        return meter.wrap(make_loader(setup, start, setup.iterations, device))
+        return meter.wrap(stream_batches(setup, start, setup.iterations, device))
 
     mode = (
         "native" if not setup.cfg.distill else "online" if setup.teacher is not None else "offline"

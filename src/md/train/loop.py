@@ -238,6 +238,9 @@ def train_loop(
         raise
     finally:
         bar.close()
+        close = getattr(stream, "close", None)  # a generator's read-ahead stops here
+        if close is not None:
+            close()
     if not stopped:
         model.eval()
         if main:
