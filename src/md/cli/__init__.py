@@ -29,6 +29,7 @@ def _register() -> None:
     from md.cli import demo as demo_cli
     from md.cli import evaluate as evaluate_cli
     from md.cli import export as export_cli
+    from md.cli import predict as predict_cli
     from md.cli import store as store_cli
     from md.cli import train_student as train_student_cli
     from md.cli import train_teacher as train_teacher_cli
@@ -42,6 +43,7 @@ def _register() -> None:
     main.add_command(bench_cli.bench)
     main.add_command(demo_cli.demo)
     main.add_command(export_cli.export)
+    main.add_command(predict_cli.predict)
 
 
 _register()

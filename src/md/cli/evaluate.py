@@ -37,9 +37,20 @@ def evaluate() -> None:
     is_flag=True,
     help="Score a file without any detection (100 % miss rate) instead of refusing it.",
 )
+@click.option(
+    "--image-size",
+    default=None,
+    help="WxH of the images when they are not KAIST's 640x512: the 55 px height threshold "
+    "and the 5 px border scale with it, as in md evaluate model.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def kaist_results(
-    results: Path, annotations: Path, subset: str | None, allow_empty: bool, as_json: bool
+    results: Path,
+    annotations: Path,
+    subset: str | None,
+    allow_empty: bool,
+    image_size: str | None,
+    as_json: bool,
 ) -> None:
     """Log-average miss rate (percent, reasonable setting) of a KAIST RESULTS file.
 
@@ -52,7 +63,8 @@ def kaist_results(
     chosen = cast(kaist.Subset, subset or "all")
     detections = kaist.load_results(results, ann, numbering=chosen, allow_empty=allow_empty)
     subsets = (chosen,) if subset else kaist.SUBSETS
-    rates = kaist.miss_rates(ann, detections, subsets)
+    setting = kaist.ReasonableSetting(image_size=_image_size(image_size))
+    rates = kaist.miss_rates(ann, detections, subsets, setting)
     if as_json:
         click.echo(json.dumps({"miss_rate": rates}))
         return
@@ -93,6 +105,15 @@ def mfnet_predictions(
         click.echo(json.dumps(report))
         return
     click.echo(_mfnet_table(report))
+
+
+def _image_size(value: str | None) -> tuple[int, int]:
+    if value is None:
+        return kaist.KAIST_IMAGE_SIZE
+    w, _, h = value.lower().partition("x")
+    if not (w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
+        raise click.BadParameter(f"{value!r}: use WxH, e.g. 640x512", param_hint="--image-size")
+    return int(w), int(h)
 
 
 def _mfnet_table(report: mfnet.Report) -> str:
@@ -160,6 +181,14 @@ def _thermal_factor(value: str | None) -> int | None:
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--latency", is_flag=True, help="Also time batch-1 inference (median ms).")
+@click.option(
+    "--corrupt",
+    default=None,
+    help="Corrupt every test image first: NAME[:SEVERITY 0-5, default 3], NAME one of "
+    "thermal_noise, thermal_dead, thermal_drift, fog, blur, low_light, jpeg (seeded per "
+    "sample id; see md.data.corrupt).",
+)
+@click.option("--corrupt-seed", type=int, default=0, show_default=True, help="Seed of --corrupt.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def model_cmd(
     checkpoint: Path,
@@ -170,6 +199,8 @@ def model_cmd(
     batch_size: int,
     device: str,
     latency: bool,
+    corrupt: str | None,
+    corrupt_seed: int,
     as_json: bool,
 ) -> None:
     """Evaluate a teacher or student CHECKPOINT (or a file from md export) on a dataset split.
@@ -177,11 +208,15 @@ def model_cmd(
     Detection: KAIST log-average miss rate (reasonable setting, thresholds scaled to the
     image size) for all / day / night. Segmentation: MFNet mean accuracy and mean IoU.
     """
+    from md.data.corrupt import get_corruption
     from md.deploy.exported import exported_format
 
+    corruption = None if corrupt is None else get_corruption(corrupt, seed=corrupt_seed)
     if exported_format(checkpoint) is not None:
         tf = _thermal_factor(thermal_factor)
-        result = _evaluate_exported(checkpoint, data, split, tf, save_results, batch_size, latency)
+        result = _evaluate_exported(
+            checkpoint, data, split, tf, save_results, batch_size, latency, corruption
+        )
     else:
         from md.eval.model_eval import evaluate_model
 
@@ -194,6 +229,7 @@ def model_cmd(
             batch_size=batch_size,
             device=device,
             latency=latency,
+            corrupt=corruption,
         )
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -201,6 +237,7 @@ def model_cmd(
     click.echo(
         f"{result['model_kind']} {checkpoint} on {data} [{split}], "
         f"thermal factor {result['thermal_factor']}, {result['samples']} images"
+        + (f", corrupted: {result['corruption']}" if result.get("corruption") else "")
     )
     metrics = ("miss_rate",) if result["task"] == "detection" else ("mean_accuracy", "mean_iou")
     for m in metrics:
@@ -222,6 +259,7 @@ def _evaluate_exported(
     save_results: Path | None,
     batch_size: int,
     latency: bool,
+    corrupt: Any = None,
 ) -> dict[str, Any]:
     """An exported graph through its predictor (ONNX Runtime / TorchScript, on the CPU)."""
     from md.deploy.evaluate import evaluate_predictor
@@ -235,14 +273,17 @@ def _evaluate_exported(
             f"{path}: the exported graph takes thermal factor {have}; leave out "
             "--thermal-factor, or export a model trained at that factor"
         )
-    return evaluate_predictor(
+    result = evaluate_predictor(
         predictor,
         data,
         split=split,
         save_results=save_results,
+        corrupt=corrupt,
         batch_size=batch_size,
         latency=latency,
     )
+    result["corruption"] = None if corrupt is None else corrupt.label
+    return result
 
 
 def _fmt(v: float | None) -> str:

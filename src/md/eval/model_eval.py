@@ -8,7 +8,7 @@ sample's group, so any split of a KAIST- or MFNet-layout dataset can be scored.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +53,28 @@ def _head(model: nn.Module) -> Any:
     return head if head is not None else model.visible.head  # type: ignore[union-attr]
 
 
+Corrupt = Callable[
+    [torch.Tensor, torch.Tensor, Sequence[str]], tuple[torch.Tensor, torch.Tensor]
+]  # (visible, thermal, sample ids) -> (visible, thermal): md.data.corrupt
+
+
 def predict_batches(
-    model: nn.Module, kind: str, loader: DataLoader, thermal_factor: int, device: torch.device
+    model: nn.Module,
+    kind: str,
+    loader: DataLoader,
+    thermal_factor: int,
+    device: torch.device,
+    corrupt: Corrupt | None = None,
 ) -> Iterator[tuple[dict[str, Any], Any]]:
-    """Yields (batch, predictions): detection lists of {boxes, scores}; segmentation (B,H,W)."""
+    """Yields (batch, predictions): detection lists of {boxes, scores}; segmentation (B,H,W).
+
+    `corrupt` changes the full-resolution images first (before the thermal reduction)."""
     head = _head(model)
     with torch.inference_mode():
         for batch in loader:
+            if corrupt is not None:
+                visible, thermal = corrupt(batch["visible"], batch["thermal"], batch["id"])
+                batch = {**batch, "visible": visible, "thermal": thermal}
             args = [a.to(device) for a in model_inputs(model, kind, batch, thermal_factor)]
             pred = model(*args)["pred"]
             if model.task == "detection":
@@ -84,8 +99,11 @@ def evaluate_model(
     batch_size: int = 8,
     device: str = "auto",
     latency: bool = False,
+    corrupt: Corrupt | None = None,
 ) -> dict[str, Any]:
-    """Score a checkpoint on a dataset split; see the module docstring for what is returned."""
+    """Score a checkpoint on a dataset split; see the module docstring for what is returned.
+
+    `corrupt` (`md.data.corrupt.get_corruption`) corrupts every sample's images first."""
     model, ckpt = load_model(ckpt_path)
     ds = open_dataset(data, split=split)
     if ds.task != ckpt["task"]:
@@ -98,7 +116,7 @@ def evaluate_model(
     model.to(dev)
     loader = DataLoader(ds, batch_size=batch_size, collate_fn=collate)
     kind = ckpt["model_kind"]
-    stream = predict_batches(model, kind, loader, tf, dev)
+    stream = predict_batches(model, kind, loader, tf, dev, corrupt)
     if ds.task == "detection":
         result = _score_detection(ds, stream, save_results)
     else:
@@ -112,6 +130,7 @@ def evaluate_model(
             "split": split,
             "samples": len(ds),
             "thermal_factor": "none" if tf == THERMAL_NONE else tf,
+            "corruption": getattr(corrupt, "label", None if corrupt is None else repr(corrupt)),
         }
     )
     if latency:

@@ -49,15 +49,21 @@ def load_checkpoint(
     """Load and verify a checkpoint; `task` / `model_kind` refuse one made for something else."""
     path = Path(path)
     if not path.is_file():
-        raise MdError(f"{path}: checkpoint not found")
+        raise MdError(f"{path}: checkpoint not found; check the path")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # any unpickling failure means "not ours / damaged"
-        raise MdError(f"{path}: not a readable md checkpoint ({type(e).__name__})") from None
+        raise MdError(
+            f"{path}: not a readable md checkpoint ({type(e).__name__}): truncated or not a "
+            "checkpoint; re-copy it or pass the .pt file a training command wrote"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise MdError(f"{path}: not an md checkpoint (no '{FORMAT}' format tag)")
+        raise MdError(
+            f"{path}: not an md checkpoint (no '{FORMAT}' format tag); pass the .pt file a "
+            "training command wrote"
+        )
     if weights_sha256(ckpt["weights"]) != ckpt.get("weights_sha256"):
-        raise MdError(f"{path}: weights do not match their sha256; the file is damaged")
+        raise MdError(f"{path}: weights do not match their sha256; the file is damaged: re-copy it")
     if task is not None and ckpt.get("task") != task:
         raise MdError(
             f"{path}: checkpoint is for {ckpt.get('task')}, not {task}; use a {task} checkpoint"
