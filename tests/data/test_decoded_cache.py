@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -25,13 +26,17 @@ def _cached(root, cache):
     return ds
 
 
-def test_cached_items_equal_decoded_ones_and_come_from_the_cache(synth_det, tmp_path):
-    plain, cached = open_dataset(synth_det, split="train"), _cached(synth_det, tmp_path / "c")
+@pytest.mark.parametrize("layout", ["kaist", "mfnet"])
+def test_cached_items_equal_decoded_ones_and_come_from_the_cache(layout, request, tmp_path):
+    root = request.getfixturevalue("synth_det" if layout == "kaist" else "synth_seg")
+    plain, cached = open_dataset(root, split="train"), _cached(root, tmp_path / "c")
     for i in range(3):
         _items_equal(plain[i], cached[i])  # written
         _items_equal(plain[i], cached[i])  # read back
     assert cached.decoded is not None
-    entry = cached.decoded.entry(cached.samples[0].visible_path, "rgb")
+    entry = cached.decoded.entry(
+        cached.samples[0].visible_path, "rgb" if layout == "kaist" else "rgbt"
+    )
     pixels = np.load(entry)
     np.save(entry, 255 - pixels)  # the cache is what is read: a changed entry shows
     assert not torch.equal(cached[0]["visible"], plain[0]["visible"])
