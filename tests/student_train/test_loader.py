@@ -294,3 +294,33 @@ def test_inputs_built_on_the_device_equal_the_host_ones(full_store, thermal):
                 assert a[key] == built[key], key
         n += 1
     assert n == 4
+
+
+def _same_batch(a, b):
+    assert set(a) == set(b)
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+        elif isinstance(a[key], list) and a[key] and isinstance(a[key][0], torch.Tensor):
+            assert all(torch.equal(u, v) for u, v in zip(a[key], b[key], strict=True)), key
+        else:
+            assert a[key] == b[key], key
+
+
+@pytest.mark.parametrize("aug", ["none", "flip", "flip+crop"])
+def test_batches_read_whole_equal_collated_samples(full_store, aug):
+    """`DistillDataset(batched=True)` builds a batch from the store's batch buffers; it is
+    exactly `collate` of the per-sample items (mixed flip states and crops included)."""
+    from md.data import collate
+
+    extra = {"none": {}, "flip": {"flip": True}, "flip+crop": {"flip": True, "crop": (64,)}}[aug]
+    setup = prepare(StudentTrainConfig(store=str(full_store), **{**TINY, "batch_size": 4}, **extra))
+    one, whole = DistillDataset(setup.source), DistillDataset(setup.source, batched=True)
+    assert whole.reads_batches()
+    flips = set()
+    for it in range(4):
+        keys = setup.sampler.batch(it)
+        got = collate(whole.__getitems__(keys))
+        _same_batch(collate(one.__getitems__(keys)), got)
+        flips.update(got["input/flip"].tolist())
+    assert flips == ({False, True} if aug != "none" else {False})

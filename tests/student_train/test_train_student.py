@@ -332,3 +332,19 @@ def test_inputs_built_on_the_device_train_to_the_same_weights(full_store, tmp_pa
     _train(tmp_path / "dev.pt", *args)
     _train(tmp_path / "host.pt", *args, "device_inputs=false")
     assert _same_weights(tmp_path / "dev.pt", tmp_path / "host.pt")
+
+
+def test_decoded_image_cache_trains_to_the_same_weights(plain_store, synth_det, tmp_path):
+    """Images decoded once into ``image_cache`` (first run writes it, the second reads only
+    from it) give bitwise the weights of decoding every PNG each time."""
+    args = ("--store", str(plain_store), "--data", str(synth_det), "iterations=4")
+    cache_dir = tmp_path / "decoded"
+    _train(tmp_path / "decode.pt", *args)
+    _train(tmp_path / "fill.pt", *args, f"image_cache={cache_dir}")
+    (entries,) = [sorted(d.glob("*.npy")) for d in cache_dir.iterdir()]
+    assert entries and not list(cache_dir.rglob("*.tmp"))
+    stamps = {p: p.stat().st_mtime_ns for p in entries}
+    _train(tmp_path / "cached.pt", *args, f"image_cache={cache_dir}")
+    assert {p: p.stat().st_mtime_ns for p in entries} == stamps  # read back, not rewritten
+    assert _same_weights(tmp_path / "decode.pt", tmp_path / "fill.pt")
+    assert _same_weights(tmp_path / "decode.pt", tmp_path / "cached.pt")

@@ -84,6 +84,7 @@ def test_run_control_fields_come_from_the_config_declarations():
         "pin_memory",
         "prefetch_batches",
         "device_inputs",
+        "image_cache",
         "dist_timeout_s",
     }
     assert loop_settings(StudentTrainConfig(), 10).run_control == run_control_fields(

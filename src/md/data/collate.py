@@ -16,13 +16,21 @@ import torch
 Batch = dict[str, Any]
 
 
+class ReadyBatch(dict[str, Any]):
+    """A batch a dataset's ``__getitems__`` built itself (its arrays read straight into batch
+    buffers, nothing to stack): `collate` passes it through as a plain dict."""
+
+
 def is_box_key(key: str) -> bool:
     """Keys whose values have one entry per box: ``boxes``, ``box_ignore``, ..."""
     return key == "boxes" or key.startswith("box_")
 
 
 def collate(items: Sequence[dict[str, Any]]) -> Batch:
-    """Batch a list of items; raises `ValueError` naming the ids if images differ in size."""
+    """Batch a list of items; raises `ValueError` naming the ids if images differ in size.
+    A `ReadyBatch` (already a batch) comes back as a plain dict."""
+    if isinstance(items, ReadyBatch):
+        return dict(items)
     if not items:
         raise ValueError("collate: empty list of items")
     keys = list(items[0])

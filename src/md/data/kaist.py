@@ -178,8 +178,8 @@ class KaistDataset(PairedDataset):
         return cls(root, samples, split, list_file)
 
     def load(self, sample: Sample) -> Item:
-        visible = load_rgb(sample.visible_path)  # (3, H, W)
-        thermal = load_gray(sample.thermal_path)  # (1, H, W)
+        visible = load_rgb(sample.visible_path, self.decoded)  # (3, H, W)
+        thermal = load_gray(sample.thermal_path, self.decoded)  # (1, H, W)
         check_same_size(visible, sample.visible_path, thermal, sample.thermal_path)
         item: Item = {"id": sample.id, "group": sample.group}
         item.update(visible=visible, thermal=thermal, **parse_bbgt(sample.target_path))

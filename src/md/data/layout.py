@@ -18,6 +18,8 @@ contents are checked lazily when an item is loaded, and for every sample by `val
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -71,6 +73,7 @@ class PairedDataset(Dataset[Item], ABC):
 
     layout: ClassVar[str]
     task: ClassVar[str]
+    decoded: DecodedImages | None = None  # decoded-once image cache (`use_decoded_cache`)
 
     def __init__(
         self, root: Path, samples: list[Sample], split: str | None, list_file: Path | None
@@ -89,6 +92,11 @@ class PairedDataset(Dataset[Item], ABC):
     @abstractmethod
     def load(self, sample: Sample) -> Item:
         """Read one sample from disk; raises `DataError` naming the file at fault."""
+
+    def use_decoded_cache(self, root: str | os.PathLike[str], fingerprint: str) -> None:
+        """Read images through a decoded-once cache under `root` (`DecodedImages`) for the
+        dataset whose `dataset_fingerprint` sha256 is `fingerprint`."""
+        self.decoded = DecodedImages(Path(root), fingerprint, self.root)
 
     def __repr__(self) -> str:
         return (
@@ -179,23 +187,85 @@ def image_to_tensor(array: np.ndarray, scale: float = 255.0) -> torch.Tensor:
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 
 
-def load_rgb(path: Path) -> torch.Tensor:
-    """A visible image as float32 (3, H, W) in [0, 1]; gray or RGBA files are converted."""
+def decode_rgb(path: Path) -> np.ndarray:
+    """A visible image's pixels, (H, W, 3) uint8 (gray or RGBA files converted)."""
+    return np.asarray(read_image(path).convert("RGB"))
+
+
+def decode_gray(path: Path) -> np.ndarray:
+    """A thermal image's pixels, (H, W): uint8 after PIL's luminance conversion ("L"), or
+    the integers of a 16-bit file as stored."""
     img = read_image(path)
-    return image_to_tensor(np.asarray(img.convert("RGB")))
+    return np.asarray(img) if img.mode in _SIXTEEN_BIT else np.asarray(img.convert("L"))
 
 
-def load_gray(path: Path) -> torch.Tensor:
+def load_rgb(path: Path, cache: DecodedImages | None = None) -> torch.Tensor:
+    """A visible image as float32 (3, H, W) in [0, 1]; gray or RGBA files are converted.
+    With `cache`, the decoded pixels come from (or go to) a `DecodedImages` cache."""
+    pixels = cache.pixels(path, "rgb", decode_rgb) if cache is not None else decode_rgb(path)
+    return image_to_tensor(pixels)
+
+
+def load_gray(path: Path, cache: DecodedImages | None = None) -> torch.Tensor:
     """A thermal image as float32 (1, H, W) in [0, 1].
 
     KAIST stores lwir frames as 3-channel gray JPG/PNG whose channels differ by a few
     levels; they are reduced with PIL's luminance conversion ("L"). 16-bit files are
-    scaled by 65535 instead of 255.
+    scaled by 65535 instead of 255. `cache` as in `load_rgb`.
     """
-    img = read_image(path)
-    if img.mode in _SIXTEEN_BIT:
-        return image_to_tensor(np.asarray(img, dtype=np.float32), scale=65535.0)
-    return image_to_tensor(np.asarray(img.convert("L")))
+    pixels = cache.pixels(path, "gray", decode_gray) if cache is not None else decode_gray(path)
+    if pixels.dtype != np.uint8:
+        return image_to_tensor(np.asarray(pixels, dtype=np.float32), scale=65535.0)
+    return image_to_tensor(pixels)
+
+
+class DecodedImages:
+    """A decoded-once local cache of a dataset's images: each file's pixels as `decode_rgb`
+    / `decode_gray` return them, one ``.npy`` per file and kind under
+    ``root/<dataset sha256>/``, written on first read and read back (no PNG / JPEG decoding)
+    afterwards.
+
+    - Invalidation: the directory is named by the dataset's fingerprint (every file's
+      sha256, `dataset_fingerprint`), so a changed, added or removed file means another
+      directory; nothing in an old one is read.
+    - Atomic writes: an entry is written to a temporary file in the same directory and
+      renamed into place, so a reader (another worker, a later run) sees a whole entry or
+      none; an entry that does not load (a damaged file) is decoded again and rewritten.
+    """
+
+    def __init__(self, root: Path, fingerprint: str, data_root: Path) -> None:
+        self.dir = Path(root) / fingerprint
+        self.data_root = Path(data_root)
+
+    def entry(self, path: Path, kind: str) -> Path:
+        """The cache file of an image file (named by its path within the dataset)."""
+        try:
+            rel = Path(path).resolve().relative_to(self.data_root.resolve()).as_posix()
+        except ValueError:
+            rel = Path(path).resolve().as_posix()
+        key = hashlib.sha256(f"{kind}:{rel}".encode()).hexdigest()[:40]
+        return self.dir / f"{key}.npy"
+
+    def pixels(self, path: Path, kind: str, decode: Callable[[Path], np.ndarray]) -> np.ndarray:
+        """The decoded pixels of `path`: from the cache, else `decode(path)`, then cached."""
+        file = self.entry(path, kind)
+        try:
+            return np.load(file, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            pass  # not cached yet (or a damaged entry): decode and (re)write it
+        pixels = decode(path)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp = file.with_name(f".{file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            with tmp.open("wb") as f:
+                np.save(f, np.ascontiguousarray(pixels), allow_pickle=False)
+            os.replace(tmp, file)
+        except OSError as e:
+            raise DataError(
+                f"{file}: cannot write the decoded-image cache ({e}); free space there or "
+                "point image_cache at a writable directory"
+            ) from None
+        return pixels
 
 
 def check_same_size(a: torch.Tensor, a_path: Path, b: torch.Tensor, b_path: Path) -> None:

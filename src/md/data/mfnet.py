@@ -23,7 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from md.data.layout import Item, PairedDataset, Sample, image_to_tensor, read_image, read_list
+from md.data.layout import (
+    DecodedImages,
+    Item,
+    PairedDataset,
+    Sample,
+    image_to_tensor,
+    read_image,
+    read_list,
+)
 from md.errors import DataError
 
 # MFNet label values 0..8, in order (Ha et al. 2017; RTFNet / MD Table 6 use the same).
@@ -66,8 +74,8 @@ def resolve_sample(root: Path, name: str, where: str) -> Sample:
     return Sample(name, mfnet_group(name), image, image, label)
 
 
-def load_image4(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """A 4-channel MFNet PNG -> visible float32 (3, H, W), thermal (1, H, W), in [0, 1]."""
+def decode_image4(path: Path) -> np.ndarray:
+    """A 4-channel MFNet PNG's pixels, (H, W, 4) uint8 (RGB + thermal)."""
     img = read_image(path)
     array = np.asarray(img)
     if array.ndim != 3 or array.shape[2] != 4 or array.dtype != np.uint8:
@@ -75,6 +83,15 @@ def load_image4(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
             f"{path}: expected an 8-bit 4-channel PNG (RGB + thermal), got mode {img.mode}; "
             "re-export it with the thermal image as the 4th channel"
         )
+    return array
+
+
+def load_image4(
+    path: Path, cache: DecodedImages | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 4-channel MFNet PNG -> visible float32 (3, H, W), thermal (1, H, W), in [0, 1];
+    with `cache` the decoded pixels come from (or go to) a `DecodedImages` cache."""
+    array = cache.pixels(path, "rgbt", decode_image4) if cache is not None else decode_image4(path)
     image = image_to_tensor(array)  # (4, H, W)
     return image[:3], image[3:]
 
@@ -122,7 +139,7 @@ class MfnetDataset(PairedDataset):
         return cls(root, samples, split, list_file)
 
     def load(self, sample: Sample) -> Item:
-        visible, thermal = load_image4(sample.visible_path)
+        visible, thermal = load_image4(sample.visible_path, self.decoded)
         labels = load_label(sample.target_path, (visible.shape[1], visible.shape[2]))
         return {
             "id": sample.id,

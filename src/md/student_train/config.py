@@ -47,6 +47,9 @@ class StudentTrainConfig(recipe.RunConfig):
     pin_memory: bool = recipe.run_control(True)  # page-locked batches, non_blocking copies (CUDA)
     # With num_workers=0: batches read ahead on a thread while the step runs (0 = off)
     prefetch_batches: int = recipe.run_control(2)
+    # Images from --data decoded once into this directory (keyed by the dataset's
+    # fingerprint) and read back from there in later epochs and runs; "" = decode each time
+    image_cache: str = recipe.run_control("")
     # Bundled inputs: ship the uint8 images and build the student input on the step's device
     device_inputs: bool = recipe.run_control(True)
     # Multi-process (torchrun) training; batch_size above is the global batch.

@@ -45,6 +45,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from md.data import PairedDataset
+from md.data.collate import ReadyBatch
 from md.data.transforms import (
     crop_sample,
     hflip_sample,
@@ -325,10 +326,16 @@ class SampleSource:
 
 
 class DistillDataset(Dataset[dict[str, Any]]):
-    """``ds[(row, aug_seed)]`` -> one student sample (keys in the module docstring)."""
+    """``ds[(row, aug_seed)]`` -> one student sample (keys in the module docstring).
 
-    def __init__(self, source: SampleSource) -> None:
+    With `batched`, ``__getitems__`` returns the whole batch as a `ReadyBatch` where it can
+    (`reads_batches`: bundled inputs and labels shipped as stored): the store's batch
+    buffers are the batch, no per-sample arrays to stack (`collate` passes it through);
+    exactly what `collate` of the per-sample items gives (tests)."""
+
+    def __init__(self, source: SampleSource, batched: bool = False) -> None:
         self.src = source
+        self.batched = batched
 
     def __len__(self) -> int:
         s = self.src
@@ -344,6 +351,8 @@ class DistillDataset(Dataset[dict[str, Any]]):
         s = self.src
         augs = [draw_augment(seed, s.image_hw, s.flip, s.crop_hw) for _, seed in keys]
         rows = [int(r) for r, _ in keys]
+        if self.batched and self.reads_batches():
+            return ReadyBatch(self._raw_batch(rows, augs))  # type: ignore[return-value]
         stored = self._read_store(rows, augs)
         return [self._sample(rows[i], augs[i], stored[i]) for i in range(len(keys))]
 
@@ -391,6 +400,100 @@ class DistillDataset(Dataset[dict[str, Any]]):
                     keys[scale] = key.replace("target/features/", SCALE_KEY, 1)
             for j, i in enumerate(pos):
                 out[i].update({key: got[name][j] for name, key in keys.items()})
+        return out
+
+    # -- whole batches -------------------------------------------------------------------------
+
+    def reads_batches(self) -> bool:
+        """Whether `_raw_batch` can build this source's batches (everything from the store,
+        inputs shipped as stored, no online teacher)."""
+        s = self.src
+        return (
+            s.store is not None
+            and s.device_inputs
+            and s.bundled_inputs
+            and s.bundled_labels
+            and not s.teacher_inputs
+            and s.ids is not None
+            and s.groups is not None
+        )
+
+    def _raw_batch(self, rows: list[int], augs: list[Augment]) -> dict[str, Any]:
+        """`collate` of the `_raw_sample` items, built from the batch buffers of the store's
+        reads: unflipped, uncropped arrays are those buffers (no copy); flips and crops are
+        done per sample by the same functions, into one preallocated buffer per array."""
+        s = self.src
+        assert s.store is not None and s.ids is not None and s.groups is not None
+        n, (height, width) = len(rows), s.image_hw
+        got = s.store.read_stored(rows, names=self._input_names())
+        vis = torch.from_numpy(got[INPUT_VISIBLE])
+        if tuple(vis.shape[-2:]) != s.image_hw:
+            raise DataError(
+                f"sample {s.ids[rows[0]]}: image is {tuple(vis.shape[-2:])}, not {s.image_hw} "
+                "like the rest; use images of one size"
+            )
+        crop_hw = augs[0].window[2:] if augs[0].window is not None else None
+        out_vis = vis if crop_hw is None else vis.new_empty((n, vis.shape[1], *crop_hw))
+        label_names = [LABELS] if s.task == "segmentation" else [BOXES, NUM_BOXES]
+        labels: list[dict[str, Any]] = []
+        for i, aug in enumerate(augs):
+            item = {"visible": vis[i], **unpack_labels(s.task, {k: got[k][i] for k in label_names})}
+            if aug.flip:
+                item = hflip_sample(item)
+            if aug.window is not None:
+                item = crop_sample(item, *aug.window, align=ALIGN)
+            if aug.flip or aug.window is not None:
+                out_vis[i].copy_(item["visible"])
+            del item["visible"]
+            labels.append(item)
+        batch: dict[str, Any] = {
+            key: (torch.stack if key == "labels" else list)([it[key] for it in labels])
+            for key in labels[0]
+        }
+        batch["id"] = [str(s.ids[r]) for r in rows]
+        batch["group"] = [str(s.groups[r]) for r in rows]
+        for key, values in self._read_targets(rows, augs).items():
+            t = torch.from_numpy(values)
+            if crop_hw is not None and not key.startswith(SCALE_KEY):  # scales: per channel
+                cuts = [
+                    cut_map(t[i], a.window or (), self._stride(key)) for i, a in enumerate(augs)
+                ]
+                t = t.new_empty((n, *cuts[0].shape))
+                for i, cut in enumerate(cuts):
+                    t[i].copy_(cut)
+            batch[key] = t
+        batch[RAW_VISIBLE] = out_vis
+        if s.thermal_factor is not None:
+            batch[RAW_THERMAL] = torch.from_numpy(got[INPUT_THERMAL])
+        batch[RAW_FLIP] = torch.tensor([a.flip for a in augs])
+        batch[RAW_WINDOW] = torch.tensor([a.window or (0, 0, height, width) for a in augs])
+        batch[RAW_FRAME] = torch.tensor([s.image_hw] * n)
+        return batch
+
+    def _read_targets(self, rows: list[int], augs: list[Augment]) -> dict[str, np.ndarray]:
+        """The batch's targets as stored, {sample key: (B, ...)}: one `read_stored` per flip
+        state present; its buffers are the batch's when every sample has that flip state."""
+        store, n = self.src.store, len(rows)
+        assert store is not None
+        out: dict[str, np.ndarray] = {}
+        for flip in (False, True):
+            pos = [i for i, a in enumerate(augs) if a.flip == flip]
+            names = self._target_names(flip)
+            if not pos or not names:
+                continue
+            got = store.read_stored([rows[i] for i in pos], names=list(names))
+            keys = dict(names)
+            for name, key in names.items():
+                scale = scale_array_name(name)
+                if scale in got:
+                    keys[scale] = key.replace("target/features/", SCALE_KEY, 1)
+            for name, key in keys.items():
+                values = got[name]
+                if len(pos) == n:
+                    out[key] = values
+                else:
+                    buf = out.setdefault(key, np.empty((n, *values.shape[1:]), values.dtype))
+                    buf[pos] = values
         return out
 
     # -- one sample ----------------------------------------------------------------------------

@@ -51,6 +51,8 @@ def prepare(cfg: StudentTrainConfig, *, rank: int = 0, world_size: int = 1) -> S
     _check_modes(cfg)
     ds = open_dataset(cfg.data, split=cfg.split) if cfg.data else None
     fingerprint = dataset_fingerprint(ds) if ds is not None else None
+    if ds is not None and fingerprint is not None and cfg.image_cache:
+        ds.use_decoded_cache(cfg.image_cache, fingerprint["sha256"])
     store = open_store(cfg.store) if cfg.store else None
     task = _resolve_task(cfg, ds, store)
     teacher, teacher_sha = _online_teacher(cfg, task)

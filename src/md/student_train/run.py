@@ -109,7 +109,7 @@ def make_loader(
     cfg = setup.cfg
     workers = cfg.num_workers if num_workers is None else num_workers
     return DataLoader(
-        DistillDataset(setup.source),
+        DistillDataset(setup.source, batched=True),
         batch_sampler=IterationSpan(setup.sampler, start, stop, setup.rank, setup.world_size),
         collate_fn=collate,
         num_workers=workers,
