@@ -235,12 +235,12 @@ class DecodedImages:
 
     def __init__(self, root: Path, fingerprint: str, data_root: Path) -> None:
         self.dir = Path(root) / fingerprint
-        self.data_root = Path(data_root)
+        self.data_root = Path(data_root).resolve()  # once, not per image read
 
     def entry(self, path: Path, kind: str) -> Path:
         """The cache file of an image file (named by its path within the dataset)."""
         try:
-            rel = Path(path).resolve().relative_to(self.data_root.resolve()).as_posix()
+            rel = Path(path).resolve().relative_to(self.data_root).as_posix()
         except ValueError:
             rel = Path(path).resolve().as_posix()
         key = hashlib.sha256(f"{kind}:{rel}".encode()).hexdigest()[:40]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ def _model_info(path: Path, meta_text: str | None, fmt: str) -> ModelInfo:
     )
 
 
-class ExportedPredictor:
+class ExportedPredictor(ABC):
     """Shared frame checks and output splitting; subclasses run the graph (`_run`)."""
 
     info: ModelInfo
@@ -84,8 +85,9 @@ class ExportedPredictor:
         batch = info.meta.get("batch", "dynamic")
         self.batch: int | None = None if batch == "dynamic" else int(batch)
 
+    @abstractmethod
     def _run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        raise NotImplementedError
+        """The graph's outputs for its inputs (ONNX Runtime or TorchScript)."""
 
     def check_frames(self, visible: np.ndarray, thermal: np.ndarray | None) -> list[np.ndarray]:
         """The graph's inputs for these frames, or a one-line `MdError` on a mismatch."""

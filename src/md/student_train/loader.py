@@ -387,6 +387,19 @@ class DistillDataset(Dataset[dict[str, Any]]):
             got = store.read(rows, names=inputs)
             for i in range(len(rows)):
                 out[i].update({name: got[name][i] for name in inputs})
+        for pos, got in self._target_reads(rows, augs):
+            for j, i in enumerate(pos):
+                out[i].update({key: values[j] for key, values in got.items()})
+        return out
+
+    def _target_reads(
+        self, rows: list[int], augs: list[Augment]
+    ) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
+        """One `read_stored` of the targets per flip state present: yields the batch
+        positions with that flip state and {sample key: (len(pos), ...) as stored}, the
+        quantized stores' scale codes under ``target/feature_scale/L``."""
+        store = self.src.store
+        assert store is not None
         for flip in (False, True):
             pos = [i for i, a in enumerate(augs) if a.flip == flip]
             names = self._target_names(flip)
@@ -398,9 +411,7 @@ class DistillDataset(Dataset[dict[str, Any]]):
                 scale = scale_array_name(name)
                 if scale in got:
                     keys[scale] = key.replace("target/features/", SCALE_KEY, 1)
-            for j, i in enumerate(pos):
-                out[i].update({key: got[name][j] for name, key in keys.items()})
-        return out
+            yield pos, {key: got[name] for name, key in keys.items()}
 
     # -- whole batches -------------------------------------------------------------------------
 
@@ -473,22 +484,10 @@ class DistillDataset(Dataset[dict[str, Any]]):
     def _read_targets(self, rows: list[int], augs: list[Augment]) -> dict[str, np.ndarray]:
         """The batch's targets as stored, {sample key: (B, ...)}: one `read_stored` per flip
         state present; its buffers are the batch's when every sample has that flip state."""
-        store, n = self.src.store, len(rows)
-        assert store is not None
+        n = len(rows)
         out: dict[str, np.ndarray] = {}
-        for flip in (False, True):
-            pos = [i for i, a in enumerate(augs) if a.flip == flip]
-            names = self._target_names(flip)
-            if not pos or not names:
-                continue
-            got = store.read_stored([rows[i] for i in pos], names=list(names))
-            keys = dict(names)
-            for name, key in names.items():
-                scale = scale_array_name(name)
-                if scale in got:
-                    keys[scale] = key.replace("target/features/", SCALE_KEY, 1)
-            for name, key in keys.items():
-                values = got[name]
+        for pos, got in self._target_reads(rows, augs):
+            for key, values in got.items():
                 if len(pos) == n:
                     out[key] = values
                 else:
