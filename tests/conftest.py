@@ -64,6 +64,29 @@ def synth_det(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_det_teacher(synth_det: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cpu-tiny detection teacher (2 iterations) on synth_det, trained once per session
+    for every folder that only needs some teacher (student training, S3)."""
+    out = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    with one_torch_thread():
+        run_cli(
+            "train-teacher",
+            "--data",
+            str(synth_det),
+            "--out",
+            str(out),
+            "--task",
+            "detection",
+            "--preset",
+            "cpu-tiny",
+            "batch_size=2",
+            "iterations=2",
+            "progress=false",
+        )
+    return out
+
+
+@pytest.fixture(scope="session")
 def synth_seg(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny MFNet-layout synthetic segmentation set (8 train, 4 test, 96x64)."""
     out = tmp_path_factory.mktemp("synth") / "seg"

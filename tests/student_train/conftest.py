@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import one_torch_thread, run_cli
+from tests.conftest import one_torch_thread
 from tests.student_train.caching import cache
 
 
@@ -23,25 +23,9 @@ def _one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def det_teacher(synth_det: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cpu-tiny detection teacher (2 iterations) on the synthetic set."""
-    out = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    with one_torch_thread():
-        run_cli(
-            "train-teacher",
-            "--data",
-            str(synth_det),
-            "--out",
-            str(out),
-            "--task",
-            "detection",
-            "--preset",
-            "cpu-tiny",
-            "batch_size=2",
-            "iterations=2",
-            "progress=false",
-        )
-    return out
+def det_teacher(tiny_det_teacher: Path) -> Path:
+    """The session's cpu-tiny detection teacher (tests/conftest.py)."""
+    return tiny_det_teacher
 
 
 @pytest.fixture(scope="session")
