@@ -174,3 +174,22 @@ def test_torchscript_pt_goes_to_the_exported_loader(checkpoints: dict, tmp_path:
     except ImportError:
         with pytest.raises(MdError, match=r"scripted\.pt: running exported models needs"):
             open_predictor(ts)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_predict_reads_16_bit_thermal_as_md_data_does(tmp_path, mode):
+    """A 16-bit thermal TIFF opens in PIL as "I;16" or "I" (32-bit integer): md predict
+    must read both as md.data does (the same pixel values), not refuse one of them."""
+    from md.data.layout import decode_gray
+    from md.deploy.predict import read_thermal
+
+    values = (np.arange(12 * 10).reshape(12, 10) * 500).astype(np.int32)  # up to 59,500
+    img = Image.fromarray(values, mode="I")
+    path = tmp_path / "t.tif"
+    (img if mode == "I" else img.convert("I;16")).save(path)
+    with Image.open(path) as check:
+        assert check.mode == mode
+    frame, error = read_thermal(path)
+    assert error is None and frame is not None and frame.dtype == np.uint16
+    np.testing.assert_array_equal(frame[0].astype(np.int64), decode_gray(path))
+    np.testing.assert_array_equal(frame[0], values)

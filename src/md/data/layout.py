@@ -184,7 +184,9 @@ def image_to_tensor(array: np.ndarray, scale: float = 255.0) -> torch.Tensor:
     return tensor.permute(2, 0, 1).contiguous().div_(scale)
 
 
-_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+SIXTEEN_BIT_MODES = frozenset(
+    {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+)  # PIL modes of 16-bit thermal files
 
 
 def decode_rgb(path: Path) -> np.ndarray:
@@ -196,7 +198,7 @@ def decode_gray(path: Path) -> np.ndarray:
     """A thermal image's pixels, (H, W): uint8 after PIL's luminance conversion ("L"), or
     the integers of a 16-bit file as stored."""
     img = read_image(path)
-    return np.asarray(img) if img.mode in _SIXTEEN_BIT else np.asarray(img.convert("L"))
+    return np.asarray(img) if img.mode in SIXTEEN_BIT_MODES else np.asarray(img.convert("L"))
 
 
 def load_rgb(path: Path, cache: DecodedImages | None = None) -> torch.Tensor:

@@ -46,7 +46,7 @@ from PIL import Image, ImageDraw
 
 from md.data import open_dataset
 from md.data.inspect import MFNET_PALETTE
-from md.data.layout import read_image
+from md.data.layout import SIXTEEN_BIT_MODES, read_image
 from md.deploy.checkpoint import thermal_sizes
 from md.deploy.health import Health, HealthConfig, ThermalMonitor, serve
 from md.deploy.loader import open_predictor
@@ -59,7 +59,6 @@ from md.progress import progress_bar
 VISIBLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 THERMAL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy")
 _GREY_MODES = {"L", "RGB", "RGBA", "LA", "P", "RGBX"}  # thermal: converted to L as md.data does
-_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
 FAILURE_KINDS = ("dead", "missing", "frozen")
 FAILURE_BLOCK = 4  # frames per simulated failure episode
 OVERLAY_MIN_SCORE = 0.3  # default score from which boxes are drawn on overlays
@@ -141,7 +140,7 @@ def read_thermal(path: Path) -> tuple[np.ndarray | None, str | None]:
         img = read_image(path)
     except DataError as e:
         return None, f"unreadable: {e}"
-    if img.mode in _SIXTEEN_BIT:
+    if img.mode in SIXTEEN_BIT_MODES:  # the modes md.data reads as 16-bit
         a = np.asarray(img, dtype=np.uint16)
     elif img.mode == "F":
         a = np.asarray(img, dtype=np.float32)
