@@ -178,7 +178,7 @@ class StoreContract:
 
     # -- round trip ---------------------------------------------------------------------------
 
-    @pytest.mark.parametrize("codec", ["lossless", "compact"])
+    @pytest.mark.parametrize("codec", ["lossless", "compact", "raw"])
     def test_round_trip_within_codec_bounds(self, make_store: Builder, codec: str) -> None:
         schema = tiny_schema(codec, full=True)
         with open_store(make_store(schema)) as store:

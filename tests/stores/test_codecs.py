@@ -88,6 +88,13 @@ def test_a_store_decodes_with_the_preset_it_was_written_with() -> None:
         preset_of_store({**old, "quantization": "lloyd-max"}, "compact")
     with pytest.raises(StoreError, match="damaged"):
         preset_of_store({"name": "compact", "steps": "x"}, "compact")
+    # records from before `raw` have no compressor field: they were zstd
+    lossless = get_preset("lossless").to_json()
+    del lossless["compressor"]
+    assert preset_of_store(lossless, "lossless") == get_preset("lossless")
+    assert preset_of_store(get_preset("raw").to_json(), "raw") == get_preset("raw")
+    with pytest.raises(StoreError, match=r"compressor 'lz5'.*unknown to this md"):
+        preset_of_store({**get_preset("raw").to_json(), "compressor": "lz5"}, "raw")
 
 
 def test_compact_handles_signed_and_all_zero_channels() -> None:
@@ -137,5 +144,7 @@ def test_bad_features_and_presets() -> None:
         encode_features(np.full((1, 1, 1, 1), np.inf, np.float32), get_preset("compact"))
     with pytest.raises(StoreError, match="unknown codec preset 'tiny'"):
         get_preset("tiny")
-    for preset in PRESETS.values():
-        assert json.loads(json.dumps(preset.to_json()))["compressors"] == ["zstd", "crc32c"]
+    for preset in PRESETS.values():  # every chunk is checksummed; all but raw compressed
+        want = ["crc32c"] if preset.name == "raw" else ["zstd", "crc32c"]
+        assert json.loads(json.dumps(preset.to_json()))["compressors"] == want
+        assert [c.to_dict()["name"] for c in preset.compressors()] == want

@@ -27,7 +27,7 @@ def _zarr_read(url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, np.ndarra
         return open_store(url).read(IDX)
 
 
-@pytest.mark.parametrize("codec", ["lossless", "compact", "compact-fine"])
+@pytest.mark.parametrize("codec", ["lossless", "compact", "compact-fine", "raw"])
 def test_read_stored_decodes_to_exactly_the_zarr_read(tmp_path, monkeypatch, codec):
     url = build_local(tmp_path / "s.zarr", tiny_schema(codec, n=10, shard_size=4, full=True))
     ref = _zarr_read(url, monkeypatch)
@@ -67,8 +67,9 @@ def test_read_stored_fills_the_buffers_it_is_given(tmp_path):
     np.testing.assert_array_equal(got[name], store.read_stored(IDX, [name])[name])
 
 
-def test_a_flipped_byte_fails_read_stored_with_one_line(tmp_path):
-    url = Path(build_local(tmp_path / "s.zarr", tiny_schema("compact", n=10, shard_size=4)))
+@pytest.mark.parametrize("codec", ["compact", "raw"])  # zstd frames, and bare bytes + crc32c
+def test_a_flipped_byte_fails_read_stored_with_one_line(tmp_path, codec):
+    url = Path(build_local(tmp_path / "s.zarr", tiny_schema(codec, n=10, shard_size=4)))
     shard = url / "attention" / "C3" / "c" / "1" / "0" / "0" / "0"
     good = shard.read_bytes()
     index = np.frombuffer(good[-(16 * 4 + 4) : -4], dtype="<u8").reshape(4, 2)
@@ -110,3 +111,33 @@ def test_a_chunk_of_another_size_is_refused(tmp_path):
     good = Zstd(level=1).encode(np.arange(6, dtype=np.float16))
     layout.decode_chunk_into(good + _crc32c(good), out)
     np.testing.assert_array_equal(out.ravel(), np.arange(6, dtype=np.float16))
+
+
+def test_a_raw_chunk_of_another_size_is_refused():
+    from md.stores.shard_object import _crc32c
+
+    layout = ShardLayout(4, (2, 3), np.dtype(np.float16), 0, False, compressed=False)
+    out = np.empty((2, 3), np.float16)
+    short = np.zeros(5, np.float16).tobytes()
+    with pytest.raises(ValueError, match="chunk of 10 bytes, expected 12"):
+        layout.decode_chunk_into(short + _crc32c(short), out)
+    good = np.arange(6, dtype="<f2").tobytes()
+    layout.decode_chunk_into(good + _crc32c(good), out)
+    np.testing.assert_array_equal(out.ravel(), np.arange(6, dtype=np.float16))
+
+
+def test_raw_stores_the_values_of_lossless_uncompressed(tmp_path):
+    """`raw` holds lossless's float16 values (so training from either is the same), each
+    chunk its sample's bytes plus a 4-byte crc32c."""
+    schema = tiny_schema("lossless", n=10, shard_size=4, full=True)
+    raw_schema = tiny_schema("raw", n=10, shard_size=4, full=True)
+    a = open_store(build_local(tmp_path / "l.zarr", schema)).read_stored(range(10))
+    b = open_store(build_local(tmp_path / "r.zarr", raw_schema)).read_stored(range(10))
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    store = open_store(str(tmp_path / "r.zarr"))
+    name = next(n for n in raw_schema.target_shapes() if is_features_name(n))
+    shard = Path(store.url) / name / "c" / "0" / "0" / "0" / "0"
+    per_sample = b[name][0].nbytes + 4
+    assert shard.stat().st_size == 4 * per_sample + 16 * 4 + 4  # 4 chunks + the shard index

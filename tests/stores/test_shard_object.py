@@ -42,21 +42,26 @@ def _object(arr: zarr.Array, k: int) -> bytes:
     return bytes(path.read_bytes())
 
 
+@pytest.mark.parametrize("compressed", [True, False])  # zstd + crc32c, or crc32c only (raw)
 @pytest.mark.parametrize(
     ("dtype", "sample"),
     [("float16", (3, 5, 7)), ("uint8", (1, 6, 4)), ("float32", (9, 6)), ("int32", (2, 3))],
 )
-def test_shard_objects_match_zarr_bytes_full_and_partial_shards(tmp_path, dtype, sample):
+def test_shard_objects_match_zarr_bytes_full_and_partial_shards(
+    tmp_path, dtype, sample, compressed
+):
     rng = np.random.default_rng(0)
     n = 2 * SHARD + 2  # two full shards and a last one of 2 samples
     values = (rng.standard_normal((n, *sample)) * 50).astype(dtype)
     values[1] = 0  # an all-zero (fill value) chunk is still written as a chunk
     root = zarr.open_group(LocalStore(tmp_path / "a.zarr"), mode="w")
-    by_zarr = _array(root, "z", dtype, sample, n)
-    ours = _array(root, "o", dtype, sample, n)
+    kw = {} if compressed else {"compressors": (Crc32cCodec(),)}
+    by_zarr = _array(root, "z", dtype, sample, n, **kw)
+    ours = _array(root, "o", dtype, sample, n, **kw)
     by_zarr[:] = values
     layout = ShardLayout.of(ours)
     assert layout is not None and layout.shard_len == SHARD
+    assert layout.compressed is compressed
     for k in range(3):
         part = values[k * SHARD : (k + 1) * SHARD]
         obj = layout.encode(part)
@@ -64,6 +69,12 @@ def test_shard_objects_match_zarr_bytes_full_and_partial_shards(tmp_path, dtype,
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(obj)
         assert obj == _object(by_zarr, k), f"shard {k} differs from zarr's"
+        buf = np.empty(sample, dtype)  # the one-pass read of each chunk gives the values back
+        index = layout.decode_index(obj[-layout.index_nbytes :])
+        for j, (offset, length) in enumerate(index[: len(part)].tolist()):
+            layout.decode_chunk_into(obj[offset : offset + length], buf)
+            np.testing.assert_array_equal(buf, part[j])
+            np.testing.assert_array_equal(layout.decode_chunk(obj[offset : offset + length]), buf)
     reopened = zarr.open_array(LocalStore(tmp_path / "a.zarr"), path="o", mode="r")
     np.testing.assert_array_equal(reopened[:], values)
 
@@ -88,7 +99,7 @@ def test_encode_refuses_values_that_do_not_fit_a_shard(tmp_path):
         layout.encode(np.zeros((2, 4), np.uint8))
 
 
-@pytest.mark.parametrize("codec", ["lossless", "compact"])
+@pytest.mark.parametrize("codec", ["lossless", "compact", "raw"])
 def test_store_written_in_one_pass_equals_store_written_by_zarr(tmp_path, monkeypatch, codec):
     """Every object of a whole md store (flips, bundled inputs, a partial last shard) is the
     same whether `write_shard` encodes shard objects itself or leaves them all to zarr."""
@@ -120,7 +131,7 @@ def test_store_written_in_one_pass_equals_store_written_by_zarr(tmp_path, monkey
     assert [k for k in ours if ours[k] != zarrs[k]] == []
 
 
-@pytest.mark.parametrize("codec", ["lossless", "compact"])
+@pytest.mark.parametrize("codec", ["lossless", "compact", "raw"])
 def test_one_pass_reads_equal_zarr_reads(tmp_path, monkeypatch, codec):
     """`read` through the one-pass path gives exactly what zarr's own read path gives:
     unsorted and repeated indices, across shards, the partial last shard included."""

@@ -75,6 +75,20 @@ def test_resume_reaches_the_same_weights(full_store, tmp_path):
     assert a[-1]["loss/total"] == b[-1]["loss/total"]  # bit-identical weights, same batches
 
 
+def test_raw_store_trains_to_the_weights_of_lossless(det_teacher, synth_det, tmp_path):
+    """`--codec raw` stores lossless's float16 values uncompressed (with bundled inputs): a
+    student trained from either is bitwise the same."""
+    bundle = ("--bundle-inputs", "--thermal-factor", "16")
+    raw = cache(det_teacher, synth_det, tmp_path / "raw.zarr", "--codec", "raw", *bundle)
+    lossless = cache(det_teacher, synth_det, tmp_path / "l.zarr", *bundle)
+    name = "inputs/visible"
+    assert open_store(raw).stored_bytes(name) > open_store(lossless).stored_bytes(name)
+    args = ("iterations=2", "crop=64")
+    _train(tmp_path / "raw.pt", "--store", str(raw), *args)
+    _train(tmp_path / "l.pt", "--store", str(lossless), *args)
+    assert _same_weights(tmp_path / "raw.pt", tmp_path / "l.pt")
+
+
 def test_zip_packed_store_trains_to_the_same_weights(plain_store, synth_det, tmp_path):
     packed = tmp_path / "plain.zip"
     run_cli("store", "pack", str(plain_store), str(packed))

@@ -4,8 +4,8 @@ Two parts, in one process:
 
 - `bench_read`: the store's read path on random batches of `batch` samples (targets only,
   every target array of the unflipped view), against the bound set by decompression itself:
-  the same chunks' stored bytes, already in memory, checked (crc32c) and decompressed (zstd)
-  with nothing else. ``read`` is `TargetStore.read` (float32 out), ``read_stored`` the stored
+  the same chunks' stored bytes, already in memory, checked (crc32c) and decompressed (zstd;
+  a ``raw`` store's chunks are copied out) with nothing else. ``read`` is `TargetStore.read` (float32 out), ``read_stored`` the stored
   dtypes into preallocated buffers (what the student's loader ships; float32 happens on the
   device). ``fraction_of_bound`` = read_stored samples/s / bound samples/s. The
   ``breakdown_ms`` per batch times each stage of the float32 read apart: fetching the bytes,
@@ -121,7 +121,11 @@ def bench_read(
         decoded: dict[str, list[np.ndarray]] = {}
         t0 = time.perf_counter()
         for name, c, lay in zip(stored, chunks, layouts, strict=True):
-            if lay is not None:
+            if lay is not None and not lay.compressed:  # raw: the copy out of the bytes read
+                decoded[name] = [
+                    np.frombuffer(b[:-4], lay.dtype).reshape(lay.sample_shape).copy() for b in c
+                ]
+            elif lay is not None:
                 z = Zstd(level=lay.level, checksum=lay.checksum)
                 decoded[name] = [
                     np.frombuffer(z.decode(b[:-4]), lay.dtype).reshape(lay.sample_shape) for b in c

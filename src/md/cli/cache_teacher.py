@@ -39,10 +39,11 @@ from md.config import resolve_config
 )
 @click.option(
     "--codec",
-    type=click.Choice(["lossless", "compact", "compact-fine"]),
+    type=click.Choice(["lossless", "compact", "compact-fine", "raw"]),
     default=None,
     help="Feature codec: lossless (fp16, ~2.4x smaller than fp32), compact (uint8, 15 steps, "
-    "~8x) or compact-fine (uint8, 31 steps, ~6.7x) [lossless].",
+    "~8x), compact-fine (uint8, 31 steps, ~6.7x) or raw (fp16 not compressed: the fastest "
+    "to read, for a store that stays on the GPU host) [lossless].",
 )
 @click.option(
     "--shard-size",

@@ -1,6 +1,7 @@
 """Codec presets for teacher features and attention masks, and their fidelity.
 
-Presets (every stored chunk is ``zstd`` then ``crc32c``, so shipped bytes are checksummed):
+Presets (every stored chunk is ``zstd`` then ``crc32c``, ``raw``'s ``crc32c`` only, so every
+shipped byte is checksummed):
 
 - ``lossless``: features as float16; the only loss is fp16 rounding (relative error
   <= 2**-11, absolute <= 2**-25 below the fp16 normal range). Values beyond +-65504 are refused.
@@ -12,6 +13,11 @@ Presets (every stored chunk is ``zstd`` then ``crc32c``, so shipped bytes are ch
   map has many) are exact; the error is at most ``max|x| * 2**(1/8) * (1/S + 1/(4 * S**2))``,
   smallest near zero where most values are.
 - ``compact-fine``: the same with S = 31 steps per sign.
+- ``raw``: the values of ``lossless`` (float16 features) with no compression at all, only the
+  crc32c. For a store read where it was written, by a GPU host whose loader must keep up
+  with the step: fp16 features compress only ~1.2x and the visible images bundled with
+  ``--bundle-inputs`` ~1.3x, while zstd decoding them was the loader's bound (~250 samples/s
+  per core at 640x512, docs/benchmarks.md). Not for shipping over a weak link.
 
 Why these numbers (measured on a cpu-demo teacher's real features, docs/benchmarks.md): zstd
 already codes these noise-like codes at their order-0 entropy (delta or bit-shuffle filters
@@ -60,17 +66,22 @@ class CodecPreset:
     steps: int  # quantizer steps per sign (0: not quantized)
     zstd_level: int
     description: str
+    compressor: str = "zstd"  # "zstd", or "none" (crc32c only)
 
     @property
     def quantized(self) -> bool:
         return self.quantization != "none"
 
-    def compressors(self) -> tuple[ZstdCodec, Crc32cCodec]:
-        """Byte codecs of every chunk: zstd, then a crc32c checksum over the compressed bytes."""
+    def compressors(self) -> tuple[ZstdCodec, Crc32cCodec] | tuple[Crc32cCodec]:
+        """Byte codecs of every chunk: zstd, then a crc32c checksum over the compressed bytes
+        (``compressor="none"``: the checksum only)."""
+        if self.compressor == "none":
+            return (Crc32cCodec(),)
         return (ZstdCodec(level=self.zstd_level), Crc32cCodec())
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "compressors": ["zstd", "crc32c"]}
+        names = ["crc32c"] if self.compressor == "none" else ["zstd", "crc32c"]
+        return {**asdict(self), "compressors": names}
 
 
 PRESETS: dict[str, CodecPreset] = {
@@ -100,7 +111,17 @@ PRESETS: dict[str, CodecPreset] = {
         description="uint8 sqrt-companded codes (31 steps per sign) per sample and channel, "
         "scale code in feature_scale/L; zstd",
     ),
+    "raw": CodecPreset(
+        name="raw",
+        feature_dtype="float16",
+        quantization="none",
+        steps=0,
+        zstd_level=0,
+        description="float16, not compressed (crc32c only); fp16 rounding only",
+        compressor="none",
+    ),
 }
+_COMPRESSORS = ("zstd", "none")
 
 
 def get_preset(name: str) -> CodecPreset:
@@ -132,17 +153,20 @@ def preset_of_store(codec_attrs: Any, name: str) -> CodecPreset:
             steps=int(codec_attrs["steps"]),
             zstd_level=int(codec_attrs["zstd_level"]),
             description=str(codec_attrs.get("description", "")),
+            compressor=str(codec_attrs.get("compressor", "zstd")),  # absent before `raw`
         )
     except (KeyError, TypeError, ValueError):
         raise StoreError(
             f"the store's codec record {codec_attrs!r} is damaged; re-create the store"
         ) from None
-    if not preset.quantization.startswith(_QUANTIZATIONS) or (
-        preset.quantized and not 1 <= preset.steps <= 127
+    if (
+        not preset.quantization.startswith(_QUANTIZATIONS)
+        or (preset.quantized and not 1 <= preset.steps <= 127)
+        or preset.compressor not in _COMPRESSORS
     ):
         raise StoreError(
-            f"the store uses codec {preset.quantization!r} (steps {preset.steps}), unknown to "
-            "this md; upgrade md"
+            f"the store uses codec {preset.quantization!r} (steps {preset.steps}, compressor "
+            f"{preset.compressor!r}), unknown to this md; upgrade md"
         )
     return preset
 

@@ -44,13 +44,15 @@ _EMPTY = np.uint64(2**64 - 1)  # index entry of an absent inner chunk (offset an
 @dataclass(frozen=True)
 class ShardLayout:
     """One sharded array's layout: shards of `shard_len` one-sample chunks, each
-    ``zstd(level, checksum) -> crc32c``, index ``bytes(little) -> crc32c`` at the end."""
+    ``zstd(level, checksum) -> crc32c`` (or, `compressed` False, ``crc32c`` alone: the raw
+    little-endian bytes), index ``bytes(little) -> crc32c`` at the end."""
 
     shard_len: int  # samples (inner chunks) per shard
     sample_shape: tuple[int, ...]
     dtype: np.dtype[Any]
     level: int
     checksum: bool
+    compressed: bool = True
 
     @classmethod
     def of(cls, array: zarr.Array) -> ShardLayout | None:
@@ -62,12 +64,13 @@ class ShardLayout:
         sharding = codecs[0]
         inner: list[Any] = list(sharding.codecs)
         little = (Endian.little, None)
+        zstd = len(inner) == 3 and isinstance(inner[1], ZstdCodec)
         if not (
-            len(inner) == 3
+            len(inner) in (2, 3)
             and isinstance(inner[0], BytesCodec)
             and inner[0].endian in little
-            and isinstance(inner[1], ZstdCodec)
-            and isinstance(inner[2], Crc32cCodec)
+            and (zstd or len(inner) == 2)
+            and isinstance(inner[-1], Crc32cCodec)
             and len(sharding.index_codecs) == 2
             and isinstance(sharding.index_codecs[0], BytesCodec)
             and sharding.index_codecs[0].endian in little
@@ -90,8 +93,9 @@ class ShardLayout:
             shard_len=shard_shape[0],
             sample_shape=shard_shape[1:],
             dtype=dtype,
-            level=inner[1].level,
-            checksum=bool(inner[1].checksum),
+            level=inner[1].level if zstd else 0,
+            checksum=bool(inner[1].checksum) if zstd else False,
+            compressed=zstd,
         )
 
     def encode(self, values: np.ndarray) -> bytes:
@@ -103,12 +107,12 @@ class ShardLayout:
                 f"{self.sample_shape}"
             )
         data = np.ascontiguousarray(values, dtype=self.dtype.newbyteorder("<"))
-        zstd = Zstd(level=self.level, checksum=self.checksum)
+        zstd = Zstd(level=self.level, checksum=self.checksum) if self.compressed else None
         index = np.full((self.shard_len, 2), _EMPTY, dtype="<u8")
         pieces: list[bytes] = []
         offset = 0
         for i in range(len(data)):
-            compressed = zstd.encode(data[i])
+            compressed = zstd.encode(data[i]) if zstd is not None else data[i].tobytes()
             piece = compressed + _crc32c(compressed)
             index[i] = (offset, len(piece))
             offset += len(piece)
@@ -134,7 +138,9 @@ class ShardLayout:
         """One inner chunk's bytes (zstd frame + crc32c) -> the sample's array. A checksum
         mismatch or a wrong size raises ValueError."""
         _check_crc32c(data, "chunk")
-        raw = Zstd(level=self.level, checksum=self.checksum).decode(data[:-4])
+        raw = data[:-4]
+        if self.compressed:
+            raw = Zstd(level=self.level, checksum=self.checksum).decode(raw)
         values = np.frombuffer(raw, dtype=self.dtype.newbyteorder("<"))
         if values.size != int(np.prod(self.sample_shape)):
             raise ValueError(f"chunk of {values.size} values, expected {self.sample_shape}")
@@ -150,6 +156,11 @@ class ShardLayout:
         if len(data) < 4 or google_crc32c.value(data) != _CRC32C_RESIDUE:
             raise ValueError("chunk: stored and computed crc32c checksums do not match")
         frame = memoryview(data)[:-4]
+        if not self.compressed:
+            if len(frame) != out.nbytes:
+                raise ValueError(f"chunk of {len(frame)} bytes, expected {out.nbytes}")
+            out.reshape(-1).view(np.uint8)[:] = np.frombuffer(frame, dtype=np.uint8)
+            return
         if frame_content_size(frame) != out.nbytes:  # zstd would fill a larger frame's head
             raise ValueError(f"chunk of {frame_content_size(frame)} bytes, expected {out.nbytes}")
         Zstd(level=self.level, checksum=self.checksum).decode(frame, out=out.reshape(-1))

@@ -64,7 +64,7 @@ class CacheConfig:
     split: str = "train"  # reads DATA/<split>.txt; store sample i = line i
     store: str = ""  # store directory (or fsspec URL) to create or resume
     levels: tuple[str, ...] = ()  # levels to store; () = every GAFF level of the teacher
-    codec: Literal["lossless", "compact", "compact-fine"] = "lossless"  # md.stores.codecs
+    codec: Literal["lossless", "compact", "compact-fine", "raw"] = "lossless"  # md.stores.codecs
     shard_size: int = 16  # samples per shard: the unit of writing, resuming and scale-out
     batch_size: int = 8  # teacher batch; batches never cross a shard
     flip_views: bool = False  # also store the teacher's outputs on mirrored inputs
