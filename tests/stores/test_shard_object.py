@@ -6,6 +6,7 @@ give the same object bytes, and the objects we write must read back through zarr
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from zarr.storage import LocalStore
 
 from md.errors import StoreError
 from md.stores import open_store
+from md.stores.schema import StoreSchema, detection_extras, input_extras
 from md.stores.shard_object import ShardLayout
 
 SHARD = 4
@@ -99,11 +101,20 @@ def test_encode_refuses_values_that_do_not_fit_a_shard(tmp_path):
         layout.encode(np.zeros((2, 4), np.uint8))
 
 
-@pytest.mark.parametrize("codec", ["lossless", "compact", "raw"])
-def test_store_written_in_one_pass_equals_store_written_by_zarr(tmp_path, monkeypatch, codec):
+@pytest.mark.parametrize(
+    ("codec", "inputs_compressed"),
+    [("lossless", True), ("compact", True), ("raw", True), ("compact", False)],
+)
+def test_store_written_in_one_pass_equals_store_written_by_zarr(
+    tmp_path, monkeypatch, codec, inputs_compressed
+):
     """Every object of a whole md store (flips, bundled inputs, a partial last shard) is the
     same whether `write_shard` encodes shard objects itself or leaves them all to zarr."""
     schema = tiny_schema(codec, n=10, shard_size=4, full=True)
+    if not inputs_compressed:
+        extras = input_extras((16, 20), (4, 5), compressed=False) + detection_extras(3)
+        schema = replace(schema, extras=extras)
+        assert StoreSchema.from_json(schema.to_json()) == schema
     encoded: list[tuple[int, ...]] = []
     real_encode = ShardLayout.encode
     with monkeypatch.context() as m:  # count the shard objects the fast path encodes

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import zarr
 from PIL import Image
 from zarr.storage import LocalStore
 
@@ -188,10 +189,17 @@ def test_flip_views_are_the_teacher_on_flipped_images(det_teacher, synth_det, tm
         )
 
 
-def test_bundled_inputs_and_boxes(det_teacher, synth_det, tmp_path):
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+def test_bundled_inputs_and_boxes(det_teacher, synth_det, tmp_path, compression):
     store = tmp_path / "bundle.zarr"
-    cache(det_teacher, synth_det, store, "--bundle-inputs", "--thermal-factor", "16")
+    bundle = ("--bundle-inputs", "--thermal-factor", "16", "--input-compression", compression)
+    cache(det_teacher, synth_det, store, *bundle)
     ts = open_store(store)
+    for name in ("inputs/visible", "inputs/thermal"):  # as asked, and read by plain zarr too
+        arr = zarr.open_array(str(store), path=name, mode="r")
+        names = [c.to_dict()["name"] for c in arr.compressors]
+        assert names == (["zstd", "crc32c"] if compression == "zstd" else ["crc32c"]), name
+        np.testing.assert_array_equal(arr[:], ts.read(range(8), [name])[name])
     ds = open_dataset(synth_det, split="train")
     got = ts.read(range(8))
     assert got["inputs/thermal"].shape == (8, 1, 20, 24)  # 80x96 / 4 per side
@@ -308,6 +316,10 @@ def test_bad_options_are_one_line_errors(other_det_teacher, synth_det, tmp_path)
     assert "not fused by this teacher" in err and "c4,c5" in err
     err = cache(other_det_teacher, synth_det, tmp_path / "b.zarr", "--bundle-inputs", expect=2)
     assert "--thermal-factor" in err
+    err = cache(
+        other_det_teacher, synth_det, tmp_path / "b.zarr", "--input-compression", "none", expect=2
+    )
+    assert "add --bundle-inputs" in err
     assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
     err = cache(other_det_teacher, synth_det, tmp_path / "c.zarr", "--batch-size", "0", expect=2)
     assert "Invalid value for '--batch-size': 0 is not in the range x>=1" in err

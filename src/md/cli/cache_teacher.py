@@ -73,6 +73,13 @@ from md.config import resolve_config
     help="Pixel factor of the bundled low-resolution thermal (side / 1, 2, 4, 8).",
 )
 @click.option(
+    "--input-compression",
+    type=click.Choice(["zstd", "none"]),
+    default=None,
+    help="Bundled inputs' chunks: zstd, or none (raw bytes + crc32c: ~1.3x the bytes, no "
+    "decompression; for a GPU host's loader) [zstd].",
+)
+@click.option(
     "--overwrite",
     is_flag=True,
     default=None,

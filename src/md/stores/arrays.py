@@ -9,6 +9,7 @@ k of an array is one storage object (`shard_object_key`).
 from __future__ import annotations
 
 import zarr
+from zarr.codecs import Crc32cCodec
 
 from md.stores.codecs import CodecPreset
 from md.stores.schema import ArraySpec, StoreSchema
@@ -23,7 +24,7 @@ def create_array(
         dtype=str if spec.dtype == "str" else spec.dtype,
         chunks=spec.chunks(schema.shard_size),
         shards=spec.shards(schema.shard_size),
-        compressors=preset.compressors(),
+        compressors=preset.compressors() if spec.compressed else (Crc32cCodec(),),
         fill_value="" if spec.dtype == "str" else 0,
         dimension_names=spec.dimension_names,
         # Every written chunk gets an object, even all-zero ones, so "object absent" always

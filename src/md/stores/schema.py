@@ -119,6 +119,7 @@ class ExtraSpec:
     name: str  # e.g. "inputs/visible", "labels", "boxes", "num_boxes"
     shape: tuple[int, ...]
     dtype: str  # one of _EXTRA_DTYPES
+    compressed: bool = True  # False: chunks are the raw bytes + crc32c (no zstd)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
@@ -142,6 +143,7 @@ class ArraySpec:
     role: Role
     sharded: bool  # per-sample chunks grouped in shards; else one chunk per shard
     dimension_names: tuple[str | None, ...]
+    compressed: bool = True  # the preset's compressors; False: crc32c only
 
     def chunks(self, shard_size: int) -> tuple[int, ...]:
         """One sample per chunk when sharded, else one chunk per shard."""
@@ -251,7 +253,9 @@ class StoreSchema:
                 )
         for e in self.extras:
             dims = ("sample",) + (None,) * len(e.shape)
-            specs.append(ArraySpec(e.name, e.shape, e.dtype, "extra", len(e.shape) >= 2, dims))
+            specs.append(
+                ArraySpec(e.name, e.shape, e.dtype, "extra", len(e.shape) >= 2, dims, e.compressed)
+            )
         meta = [(SAMPLE_ID, "str"), (GROUP, "str"), (WRITTEN, "bool")]
         if self.version >= RECORD_VERSION:  # written per shard, before `written`
             meta.insert(2, (SHARD_RECORD, "str"))
@@ -277,7 +281,9 @@ class StoreSchema:
             "flips": self.flips,
             "levels": [vars(lv).copy() for lv in self.levels],
             "extras": [
-                {"name": e.name, "shape": list(e.shape), "dtype": e.dtype} for e in self.extras
+                {"name": e.name, "shape": list(e.shape), "dtype": e.dtype}
+                | ({} if e.compressed else {"compressed": False})  # absent: as before
+                for e in self.extras
             ],
         }
 
@@ -292,7 +298,10 @@ class StoreSchema:
                 task=str(d["task"]),
                 flips=bool(d.get("flips", False)),
                 extras=tuple(
-                    ExtraSpec(e["name"], tuple(e["shape"]), e["dtype"]) for e in d.get("extras", ())
+                    ExtraSpec(
+                        e["name"], tuple(e["shape"]), e["dtype"], bool(e.get("compressed", True))
+                    )
+                    for e in d.get("extras", ())
                 ),
                 version=int(d["version"]),
             )
@@ -302,11 +311,15 @@ class StoreSchema:
             ) from e
 
 
-def input_extras(visible_hw: tuple[int, int], thermal_hw: tuple[int, int]) -> tuple[ExtraSpec, ...]:
-    """Bundled student inputs: visible [3, H, W] and low-resolution thermal [1, h, w], uint8."""
+def input_extras(
+    visible_hw: tuple[int, int], thermal_hw: tuple[int, int], *, compressed: bool = True
+) -> tuple[ExtraSpec, ...]:
+    """Bundled student inputs: visible [3, H, W] and low-resolution thermal [1, h, w], uint8.
+    ``compressed=False`` stores them as raw bytes + crc32c: camera images compress only
+    ~1.3x, and zstd on them bounds a GPU host's loader (docs/benchmarks.md, issue 15)."""
     return (
-        ExtraSpec(INPUT_VISIBLE, (3, *visible_hw), "uint8"),
-        ExtraSpec(INPUT_THERMAL, (1, *thermal_hw), "uint8"),
+        ExtraSpec(INPUT_VISIBLE, (3, *visible_hw), "uint8", compressed),
+        ExtraSpec(INPUT_THERMAL, (1, *thermal_hw), "uint8", compressed),
     )
 
 

@@ -70,6 +70,7 @@ class CacheConfig:
     flip_views: bool = False  # also store the teacher's outputs on mirrored inputs
     bundle_inputs: bool = False  # also store student-resolution inputs and labels
     thermal_factor: int = 0  # bundled thermal pixel factor (1, 4, 16, 64); needs bundle_inputs
+    input_compression: Literal["zstd", "none"] = "zstd"  # bundled inputs; none: crc32c only
     overwrite: bool = False  # replace an existing store (else resume it, or refuse a foreign one)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: Literal["none", "bf16"] = "none"  # bf16 autocast of the teacher (default full fp32)
@@ -229,6 +230,8 @@ def _check_config(cfg: CacheConfig) -> None:
         )
     if cfg.thermal_factor and not cfg.bundle_inputs:
         raise ConfigError("--thermal-factor only applies to bundled inputs; add --bundle-inputs")
+    if cfg.input_compression != "zstd" and not cfg.bundle_inputs:
+        raise ConfigError("--input-compression only applies to bundled inputs; add --bundle-inputs")
     if cfg.thermal_factor:
         thermal_side_divisor(cfg.thermal_factor)
     _check_dask_config(cfg)
@@ -362,7 +365,8 @@ def build_schema(
     extras: tuple[Any, ...] = ()
     low = thermal_size(cfg, opts.image_size)
     if low is not None:
-        extras = input_extras(opts.image_size, low) + (
+        compressed = cfg.input_compression == "zstd"
+        extras = input_extras(opts.image_size, low, compressed=compressed) + (
             segmentation_extras(opts.image_size)
             if teacher.task == "segmentation"
             else detection_extras(opts.max_boxes)
