@@ -92,9 +92,9 @@ def test_cf_attributes_decode_compact_without_md(compact_store: Path) -> None:
     q = root["features/C3"]
     a = q.attrs
     assert a["md_codec"] == "compact" and "t**2" in a["md_decode"] and a["steps"] == 15
-    k = root[a["scale_array"]][:].astype(np.float32)
+    k = root[a["scale_array"]][:].astype(np.float64)
     t = (q[:].astype(np.float32) - a["steps"]) / a["steps"]
-    scale = np.where(k > 0, np.exp2((k - a["scale_offset"]) / a["scale_per_octave"]), 0)
+    scale = np.where(k > 0, np.exp2((k - a["scale_offset"]) / a["scale_per_octave"]), 0.0)
     value = np.sign(t) * t * t * scale.astype(np.float32)[..., None, None]
     np.testing.assert_array_equal(value, want["features/C3"])
     dims = q.metadata.dimension_names
