@@ -122,3 +122,21 @@ def test_old_layout_without_level_dims_still_reads(local_store: Path) -> None:
         got = ts.read(list(range(ts.n)))
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_datatree_opens_a_store_with_its_fingerprint_array(tmp_path: Path) -> None:
+    from contract import build_local, tiny_schema
+    from test_fingerprint import _attrs, _fingerprint
+
+    from md.stores.fingerprint import FILES_ARRAY
+
+    path = Path(
+        build_local(tmp_path / "fp.zarr", tiny_schema(full=True), attrs=_attrs(_fingerprint(40)))
+    )
+    groups, arrays = _zarr_tree(path)
+    assert FILES_ARRAY in arrays
+    tree = xr.open_datatree(path, engine="zarr", consolidated=False)
+    assert {node.path.strip("/") for node in tree.subtree} == groups
+    files = tree[FILES_ARRAY]
+    assert files.dims == ("dataset_file",) and files.size == 120
+    assert len(da.from_zarr(str(path), component=FILES_ARRAY).compute()) == 120

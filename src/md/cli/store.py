@@ -158,6 +158,40 @@ def _info_lines(r: dict[str, Any]) -> list[str]:
     for name, ratio in r["ratio_vs_float32"].items():
         if ratio is not None:
             lines.append(f"  vs float32: {name:<20} {ratio:.2f}x smaller")
-    lines.append("provenance:")
-    lines += [f"  {k}: {json.dumps(v, sort_keys=True)}" for k, v in r["provenance"].items()]
+    lines.append("provenance (all of it: --json):")
+    for key, value in r["provenance"].items():
+        lines += _summary_lines(key, value, "  ")
     return lines
+
+
+_LINE = 100  # characters of one provenance value in the text summary
+
+
+def _summary_lines(key: str, value: Any, indent: str) -> list[str]:
+    """`key: value` for the readable summary: scalars and short values as JSON, one level of
+    a mapping expanded, anything longer shortened (lists to their length, mappings to their
+    keys, strings and digests cut): the full values are in `md store info --json`."""
+    text = json.dumps(value, sort_keys=True)
+    if len(text) <= _LINE:
+        return [f"{indent}{key}: {text}"]
+    if isinstance(value, dict) and indent == "  ":
+        return [f"{indent}{key}:"] + [
+            line for k, v in value.items() for line in _summary_lines(k, v, indent + "  ")
+        ]
+    if isinstance(value, list):
+        return [f"{indent}{key}: [{len(value)} items]"]
+    if isinstance(value, dict):
+        shown = [f"{k}={_clipped(v)}" for k, v in value.items() if not isinstance(v, (dict, list))]
+        if not shown:
+            names = ", ".join(list(value)[:5]) + (", …" if len(value) > 5 else "")
+            return [f"{indent}{key}: {{{len(value)} keys: {names}}}"]
+        rest = len(value) - len(shown)
+        more = f" (+{rest} more keys)" if rest else ""
+        return [f"{indent}{key}: {{{', '.join(shown)}}}{more}"]
+    return [f"{indent}{key}: {text[: _LINE - 1]}…"]
+
+
+def _clipped(value: Any) -> str:
+    """A scalar as JSON, long strings (digests) cut to their first 12 characters."""
+    text = json.dumps(value)
+    return text[:13] + '…"' if isinstance(value, str) and len(value) > 16 else text
