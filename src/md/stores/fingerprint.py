@@ -107,7 +107,10 @@ def read_fingerprint(group: zarr.Group, attrs: Mapping[str, Any], url: str) -> d
     if is_full_fingerprint(fp):
         return dict(fp)
     try:
-        lines = [str(s) for s in group[FILES_ARRAY][:].tolist()]
+        arr = group[FILES_ARRAY]
+        if not isinstance(arr, zarr.Array):
+            raise KeyError(f"{FILES_ARRAY} is a group")
+        lines = [str(s) for s in np.asarray(arr[:]).tolist()]
     except (KeyError, FileNotFoundError) as e:
         raise StoreError(
             f"{url}: array {FILES_ARRAY} is missing ({e}); the store is damaged: fetch it "
