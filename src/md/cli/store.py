@@ -1,4 +1,4 @@
-"""`md store ...`: inspect, verify, pack and unpack teacher-target stores.
+"""`md store ...`: inspect, verify, pack, unpack and sync teacher-target stores.
 
 STORE is a directory, a packed .zip or an fsspec URL (``s3://bucket/run.zarr``; needs
 ``pip install 'md[s3]'`` and the usual AWS credentials / ``AWS_ENDPOINT_URL`` settings).
@@ -15,6 +15,7 @@ import click
 from md.stores.info import info as store_info
 from md.stores.pack import pack as store_pack
 from md.stores.pack import unpack as store_unpack
+from md.stores.sync import sync_store
 from md.stores.verify import verify as store_verify
 
 
@@ -94,6 +95,45 @@ def unpack_cmd(zip_path: str, out_dir: str) -> None:
     click.echo(f"unpacked {zip_path} into {dest}")
 
 
+@store.command("sync")
+@click.argument("src", metavar="SRC")
+@click.argument("dst", metavar="DST")
+@click.option(
+    "--bandwidth-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="MB/s",
+    help="Copy at most this many megabytes (10^6 bytes) per second on average.",
+)
+@click.option(
+    "--allow-incomplete", is_flag=True, help="Sync even if some shards of SRC were never written."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def sync_cmd(
+    src: str, dst: str, bandwidth_limit: float | None, allow_incomplete: bool, as_json: bool
+) -> None:
+    """Copy store SRC to DST resumably: only objects missing or differing at DST.
+
+    SRC is a directory, a packed .zip or a URL such as s3://bucket/run.zarr; DST a directory
+    or a URL. Objects are compared by sha256 and copied one at a time; after a cut, rerun the
+    same command and it copies only what is still missing. DST opens as a store only once
+    every object is copied and checked (its md_sync.json marker says "complete").
+    """
+    limit = bandwidth_limit * 1e6 if bandwidth_limit is not None else None
+    r = sync_store(
+        src, dst, bandwidth_limit=limit, allow_incomplete=allow_incomplete, progress=True
+    )
+    if as_json:
+        click.echo(json.dumps(r.to_json(), indent=2, sort_keys=True))
+        return
+    rate = r.bytes_copied / r.seconds / 1e6 if r.seconds > 0 else 0.0
+    click.echo(
+        f"synced {r.src} -> {r.dst}: copied {r.objects_copied} objects ({r.bytes_copied:,} B, "
+        f"{rate:.2f} MB/s), skipped {r.objects_skipped} identical, deleted {r.objects_deleted}; "
+        f"verified {r.objects_total} objects ({r.bytes_total:,} B)"
+    )
+
+
 def _info_lines(r: dict[str, Any]) -> list[str]:
     state = "complete" if r["complete"] else f"INCOMPLETE, missing shards {r['missing_shards']}"
     codec = r.get("codec") or {}
@@ -118,6 +158,40 @@ def _info_lines(r: dict[str, Any]) -> list[str]:
     for name, ratio in r["ratio_vs_float32"].items():
         if ratio is not None:
             lines.append(f"  vs float32: {name:<20} {ratio:.2f}x smaller")
-    lines.append("provenance:")
-    lines += [f"  {k}: {json.dumps(v, sort_keys=True)}" for k, v in r["provenance"].items()]
+    lines.append("provenance (all of it: --json):")
+    for key, value in r["provenance"].items():
+        lines += _summary_lines(key, value, "  ")
     return lines
+
+
+_LINE = 100  # characters of one provenance value in the text summary
+
+
+def _summary_lines(key: str, value: Any, indent: str) -> list[str]:
+    """`key: value` for the readable summary: scalars and short values as JSON, one level of
+    a mapping expanded, anything longer shortened (lists to their length, mappings to their
+    keys, strings and digests cut): the full values are in `md store info --json`."""
+    text = json.dumps(value, sort_keys=True)
+    if len(text) <= _LINE:
+        return [f"{indent}{key}: {text}"]
+    if isinstance(value, dict) and indent == "  ":
+        return [f"{indent}{key}:"] + [
+            line for k, v in value.items() for line in _summary_lines(k, v, indent + "  ")
+        ]
+    if isinstance(value, list):
+        return [f"{indent}{key}: [{len(value)} items]"]
+    if isinstance(value, dict):
+        shown = [f"{k}={_clipped(v)}" for k, v in value.items() if not isinstance(v, (dict, list))]
+        if not shown:
+            names = ", ".join(list(value)[:5]) + (", …" if len(value) > 5 else "")
+            return [f"{indent}{key}: {{{len(value)} keys: {names}}}"]
+        rest = len(value) - len(shown)
+        more = f" (+{rest} more keys)" if rest else ""
+        return [f"{indent}{key}: {{{', '.join(shown)}}}{more}"]
+    return [f"{indent}{key}: {text[: _LINE - 1]}…"]
+
+
+def _clipped(value: Any) -> str:
+    """A scalar as JSON, long strings (digests) cut to their first 12 characters."""
+    text = json.dumps(value)
+    return text[:13] + '…"' if isinstance(value, str) and len(value) > 16 else text

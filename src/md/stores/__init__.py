@@ -30,6 +30,7 @@ from md.stores.schema import (
     input_extras,
     segmentation_extras,
 )
+from md.stores.sync import SyncResult, sync_store
 from md.stores.target_store import TargetStore, open_store
 from md.stores.verify import VerifyReport, verify
 
@@ -45,6 +46,7 @@ __all__ = [
     "StoreAccessError",
     "StoreError",
     "StoreSchema",
+    "SyncResult",
     "TargetStore",
     "VerifyReport",
     "check_manifest",
@@ -58,6 +60,7 @@ __all__ = [
     "open_store",
     "pack",
     "segmentation_extras",
+    "sync_store",
     "unpack",
     "verify",
 ]

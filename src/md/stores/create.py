@@ -36,6 +36,7 @@ from md.stores.backends import (
 )
 from md.stores.codecs import CodecPreset, get_preset
 from md.stores.encode import checked_attrs, run_identity
+from md.stores.fingerprint import create_files_array, split_provenance
 from md.stores.handle import write_error
 from md.stores.schema import SCHEMA_VERSION, WRITTEN, StoreSchema
 from md.stores.target_store import TargetStore, open_store
@@ -57,8 +58,8 @@ def create_store(
     never overwritten.
     """
     loc = parse_location(url)
-    user_attrs = checked_attrs(attrs or {}, loc.url)
-    bare_root, objects = _layout(schema, user_attrs)
+    user_attrs, fingerprint_files = split_provenance(checked_attrs(attrs or {}, loc.url))
+    bare_root, objects = _layout(schema, user_attrs, fingerprint_files)
     store = open_backend(loc, writable=True)
     try:
         if _refuse_existing(loc, store, overwrite):
@@ -82,9 +83,12 @@ def _remove_empty_folders(root: Path) -> None:
                 os.rmdir(folder)
 
 
-def _layout(schema: StoreSchema, user_attrs: Mapping[str, Any]) -> tuple[Buffer, dict[str, Buffer]]:
+def _layout(
+    schema: StoreSchema, user_attrs: Mapping[str, Any], fingerprint_files: list[str] | None
+) -> tuple[Buffer, dict[str, Buffer]]:
     """A new empty store laid out in memory: (root metadata without attributes, every
-    object by key). One upload then writes it to any backend, in few round trips."""
+    object by key). One upload then writes it to any backend, in few round trips. The
+    per-file sha256s of a dataset fingerprint go into their own array (md.stores.fingerprint)."""
     objects: dict[str, Buffer] = {}
     memory = MemoryStore(objects)
     group = zarr.open_group(memory, mode="w", zarr_format=3)
@@ -94,6 +98,8 @@ def _layout(schema: StoreSchema, user_attrs: Mapping[str, Any]) -> tuple[Buffer,
         spec.name: create_array(group, spec, schema, preset) for spec in schema.stored_arrays()
     }
     arrays[WRITTEN][:] = False  # materialize its chunks: every chunk key exists now
+    if fingerprint_files is not None:
+        create_files_array(group, fingerprint_files, preset.compressors())
     group.attrs.update(
         {**_store_attrs(schema, preset), "identity": run_identity(user_attrs), **user_attrs}
     )
@@ -144,7 +150,8 @@ def open_or_create_store(
             "use a new path, or pass --overwrite to replace it"
         )
     stored = ts.attrs
-    for key, value in checked_attrs(attrs or {}, loc.url).items():
+    as_stored, _ = split_provenance(checked_attrs(attrs or {}, loc.url))
+    for key, value in as_stored.items():
         if stored.get(key) != value:
             raise StoreError(
                 f"{loc.url}: existing store differs in attribute {key!r} (another teacher or "

@@ -215,11 +215,15 @@ class StoreSchema:
     def stored_arrays(self) -> list[ArraySpec]:
         """Every Zarr array of the store, in creation order (`written` last)."""
         preset = get_preset(self.codec)
-        chw = ("sample", "channel", "y", "x")
         specs: list[ArraySpec] = []
         for flip in self._views():
             for lv in self.levels:
                 shape = (lv.channels, lv.height, lv.width)
+                # Dimension names unique per level (sizes differ between levels), shared by
+                # the views and by a level's features, scales and attention (same sizes):
+                # xarray refuses one name with two lengths in a group or its tree.
+                chw = ("sample", f"channel_{lv.name}", f"y_{lv.name}", f"x_{lv.name}")
+                mask_dims = ("sample", "attention_channel", f"y_{lv.name}", f"x_{lv.name}")
                 specs.append(
                     ArraySpec(
                         features_name(lv.name, flip),
@@ -238,7 +242,7 @@ class StoreSchema:
                             "uint8",  # log-grid scale codes (md.stores.codecs.encode_scale)
                             "scale",
                             False,
-                            ("sample", "channel"),
+                            ("sample", f"channel_{lv.name}"),
                         )
                     )
                 specs.append(
@@ -248,11 +252,11 @@ class StoreSchema:
                         "uint8",
                         "attention",
                         True,
-                        chw,
+                        mask_dims,
                     )
                 )
         for e in self.extras:
-            dims = ("sample",) + (None,) * len(e.shape)
+            dims = ("sample", *extra_dimension_names(e))
             specs.append(
                 ArraySpec(e.name, e.shape, e.dtype, "extra", len(e.shape) >= 2, dims, e.compressed)
             )
@@ -309,6 +313,20 @@ class StoreSchema:
             raise StoreError(
                 f"store schema attribute is malformed ({e!r}); rebuild the store"
             ) from e
+
+
+def extra_dimension_names(e: ExtraSpec) -> tuple[str, ...]:
+    """Names of an extra's per-sample axes, unique to it (its sizes are its own):
+    inputs/visible -> visible_channel, visible_y, visible_x; labels -> labels_y, labels_x;
+    boxes -> box, box_field; anything else -> <leaf>_dim0, <leaf>_dim1, ..."""
+    leaf = e.name.rsplit("/", 1)[-1]
+    if e.name == BOXES and len(e.shape) == 2:
+        return ("box", "box_field")
+    if len(e.shape) == 3:
+        return (f"{leaf}_channel", f"{leaf}_y", f"{leaf}_x")
+    if len(e.shape) == 2 and e.name == LABELS:
+        return (f"{leaf}_y", f"{leaf}_x")
+    return tuple(f"{leaf}_dim{i}" for i in range(len(e.shape)))
 
 
 def input_extras(

@@ -57,6 +57,7 @@ from md.stores.encode import (
     shard_record,
     stored_names,
 )
+from md.stores.fingerprint import read_fingerprint
 from md.stores.handle import INHERITED_HANDLES, Handle, open_handle, write_error
 from md.stores.schema import (
     GROUP,
@@ -185,6 +186,12 @@ class TargetStore:
         arrays = self.raw_arrays(self.raw_names())
         with self._errors(f"shard {k}"):  # an object gone from a written shard: one line
             return sum(sync(object_sizes(arrays, k)))
+
+    def dataset_fingerprint(self) -> dict[str, Any]:
+        """The full dataset fingerprint the store was created with (ids and per-file sha256,
+        as `md.data.dataset_fingerprint` made it), checked against the root's summary; the
+        root attributes hold only that summary (`md.stores.fingerprint`)."""
+        return read_fingerprint(self._handle().group, self.attrs, self.url)
 
     def set_attrs(self, attrs: Mapping[str, Any]) -> None:
         """Add or replace provenance attributes (JSON; store-owned keys are refused).
