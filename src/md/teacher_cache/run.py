@@ -53,6 +53,7 @@ from md.stores.lock import WriterLock, writer_lock
 from md.teacher_cache.cluster import DaskRun, cache_on_dask, make_job, parse_resources
 from md.teacher_cache.loading import load_teacher
 from md.teacher_cache.provenance import explain_refusal, identity_attrs
+from md.teacher_cache.reference import record_reference
 from md.teacher_cache.shards import ShardOptions, ShardStats, cache_shards
 from md.train.recipe import resolve_device
 
@@ -170,6 +171,8 @@ def _cache(
         store.set_attrs({"last_run": _run_attrs(cfg, summary)})  # last: after every shard
     if dask_run is not None:
         _check_dask_complete(store, dask_run.shards)
+    if summary["complete"] and (stats.shards or "reference" not in store.attrs):
+        summary["reference"] = record_reference(ds, store)  # for md drift; a few kB
     return summary
 
 
