@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from md.data import open_dataset
+from md.data.request import REQUEST_KIND, REQUEST_VERSION
 from md.errors import ConfigError, DataError
 from md.stores import open_store
 from md.stores.reference import (
@@ -230,10 +231,6 @@ def select_frames(report: dict[str, Any], k: int) -> list[dict[str, Any]]:
     return [rows[i] for i in order[:k]]
 
 
-REQUEST_KIND = "md-redistill-request"
-REQUEST_VERSION = 1
-
-
 def _sha256(path: str) -> str:
     import hashlib
 
@@ -274,23 +271,6 @@ def write_request(report: dict[str, Any], frames: Frames, k: int, path: Path) ->
     path.write_text(text, encoding="utf-8")
     return {"path": str(path), "frames": len(rows), "bytes_request": len(text.encode()),
             "bytes_frames": nbytes}  # fmt: skip
-
-
-def read_request(path: str | Path) -> dict[str, Any]:
-    """A request file as written by `write_request`; one-line `DataError` otherwise."""
-    import json
-
-    p = Path(path)
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise DataError(f"{p}: not a readable request file ({type(e).__name__}); write it "
-                        "with md drift --select K --request FILE") from None  # fmt: skip
-    if not isinstance(doc, dict) or doc.get("kind") != REQUEST_KIND or not doc.get("frames"):
-        raise DataError(
-            f"{p}: not an md re-distillation request; write it with md drift --select K"
-        )
-    return doc
 
 
 def format_report(r: dict[str, Any]) -> list[str]:
