@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -115,6 +115,7 @@ def run(cfg: CacheConfig) -> dict[str, Any]:
     if cfg.ids:
         ds, request = open_request_dataset(cfg.data, cfg.ids)
         base = open_base(cfg.base_store, request)
+        cfg = replace(cfg, shard_size=base.shard_size)  # a delta is cut as its base is
     else:
         ds = open_dataset(cfg.data, split=cfg.split)
     if ds.task != teacher.task:
