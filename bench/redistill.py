@@ -11,6 +11,8 @@ all seeds); `md cache-teacher --ids` writes the delta; the student is fine-tuned
 
     PYTHONPATH=src python bench/redistill.py --out /tmp/rd > redistill.json
 
+The recorded run (docs/benchmarks.md) is bench/results/redistill.json.
+
 Prints one JSON document: per shift, seed and arm the mIoU (segmentation, percent) on the
 clean and the shifted test split, and the bytes shipped gateway->hub (request + frame
 files) and hub->gateway (the delta store's objects).
@@ -118,9 +120,7 @@ def main() -> None:
                    frames=random.Random(0).sample(doc["frames"], ks[0]))  # fmt: skip
         rreq = root / f"req_{shift}_random_k{ks[0]}.json"
         rreq.write_text(json.dumps(rnd, indent=2) + "\n")
-        frame_bytes = sum(
-            Path(f["files"]["visible"]["path"]).stat().st_size for f in rnd["frames"]
-        )
+        frame_bytes = sum(Path(f["files"]["visible"]["path"]).stat().st_size for f in rnd["frames"])
         arms[f"random_k{ks[0]}"] = (rreq, {"frames": ks[0], "bytes_request": rreq.stat().st_size,
                                              "bytes_frames": frame_bytes})  # fmt: skip
         deltas = {}

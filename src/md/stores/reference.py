@@ -214,13 +214,23 @@ def read_reference(group: zarr.Group, url: str) -> Reference:
             f"{REFERENCE_SINCE}); re-cache with md >= {REFERENCE_SINCE} (md cache-teacher "
             "--overwrite) to use md drift"
         )
-    attrs = sub.attrs.asdict()
+    group_ = sub
+    attrs = dict(group_.attrs.asdict())
+
+    def values(name: str) -> np.ndarray:
+        node = group_[name]
+        if not isinstance(node, zarr.Array):
+            raise StoreError(f"{url}: reference/{name} is not an array; re-cache the store")
+        return np.asarray(node[...])
+
     ref = Reference(hist={}, attrs=attrs)
     for m in MODALITIES:
-        ref.hist[m] = np.asarray(sub[f"hist_{m}"][...])
-        ref.heldout[m] = np.asarray(sub[f"heldout_{m}"][...])
-    for lv in attrs.get("levels", []):
+        ref.hist[m] = values(f"hist_{m}")
+        ref.heldout[m] = values(f"heldout_{m}")
+    levels = attrs.get("levels")
+    for lv in levels if isinstance(levels, list) else []:
+        lv = str(lv)
         for key in ("feature_mean", "feature_std", "frame_mean_mean", "frame_mean_std"):
-            getattr(ref, key)[lv] = np.asarray(sub[f"{key}_{lv}"][...])
-        ref.heldout[f"feature_{lv}"] = np.asarray(sub[f"heldout_feature_{lv}"][...])
+            getattr(ref, key)[lv] = values(f"{key}_{lv}")
+        ref.heldout[f"feature_{lv}"] = values(f"heldout_feature_{lv}")
     return ref

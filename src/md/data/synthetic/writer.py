@@ -83,9 +83,8 @@ def metadata(cfg: SynthConfig) -> dict[str, object]:
     }
     if cfg.domain != "none":  # clean sets keep their synthetic.json byte for byte
         meta["domain"] = cfg.domain
-        meta["regenerate"] = (
-            f"{meta['regenerate'][: -len(' --out DIR')]} --domain {cfg.domain} --out DIR"
-        )
+        command = str(meta["regenerate"]).removesuffix(" --out DIR")
+        meta["regenerate"] = f"{command} --domain {cfg.domain} --out DIR"
     if cfg.task == "detection":
         # The KAIST 'reasonable' height threshold (55 px at 512 rows) at this image height.
         meta["reasonable_min_height"] = round(55 * h / 512, 2)
