@@ -93,3 +93,21 @@ def test_store_without_reference_is_refused_in_one_line(ref_store: Path, tmp_pat
     out = run_cli("drift", "--store", str(old), "--data", str(synth(tmp_path / "d", 1, n=3)),
                   expect=2)  # fmt: skip
     assert "re-cache with md >=" in out and len(out.strip().splitlines()) == 1
+
+
+def test_student_tests_are_calibrated_on_the_students_own_heldout_scores(
+    ref_store: Path, tmp_path: Path
+) -> None:
+    student = tmp_path / "st.pt"
+    with one_torch_thread():
+        run_cli("train-student", "--store", str(ref_store), "--out", str(student), "--preset",
+                "cpu-tiny", "batch_size=2", "iterations=2", "progress=false")  # fmt: skip
+        clean = json.loads(run_cli("drift", "--store", str(ref_store), "--data",
+                                   str(synth(tmp_path / "clean", seed=1)), "--student",
+                                   str(student), "--json"))  # fmt: skip
+    names = [t for t in clean["tests"] if t.startswith("student_")]
+    assert names and all(
+        clean["tests"][t]["calibration"]["heldout_frames"] == N // 3 for t in names
+    )
+    assert clean["tests"]["visible"]["false_alarm_rate"] == pytest.approx(0.05 / (2 + len(names)))
+    assert clean["verdict"] == "in-distribution", clean["tests"]

@@ -40,7 +40,7 @@ from md.errors import StoreError
 
 REFERENCE_GROUP = "reference"
 REFERENCE_VERSION = 1
-REFERENCE_SINCE = "0.2"  # the md version that started writing reference statistics
+REFERENCE_SINCE = "0.1.0"  # the md version that started writing reference statistics
 BINS = 32
 MODALITIES = ("visible", "thermal")
 MAX_REFERENCE_FRAMES = 1024  # frames the statistics are computed from (evenly spaced)
