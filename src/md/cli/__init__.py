@@ -27,6 +27,7 @@ def _register() -> None:
     from md.cli import cache_teacher as cache_teacher_cli
     from md.cli import data as data_cli
     from md.cli import demo as demo_cli
+    from md.cli import drift as drift_cli
     from md.cli import evaluate as evaluate_cli
     from md.cli import export as export_cli
     from md.cli import predict as predict_cli
@@ -44,6 +45,7 @@ def _register() -> None:
     main.add_command(demo_cli.demo)
     main.add_command(export_cli.export)
     main.add_command(predict_cli.predict)
+    main.add_command(drift_cli.drift)
 
 
 _register()

@@ -119,6 +119,18 @@ from md.config import resolve_config
     default=None,
     help="YAML file of config fields (applied before the options).",
 )
+@click.option(
+    "--ids",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Re-distillation request (md drift --select): cache only its frames of --data into "
+    "a delta store with the base store's schema.",
+)
+@click.option(
+    "--base-store",
+    default=None,
+    help="The base store of a delta (--ids) [the request's base_store].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @click.argument("overrides", nargs=-1)
 def cache_teacher(

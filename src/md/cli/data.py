@@ -73,8 +73,21 @@ class _Size(click.ParamType):
     show_default=True,
     help="Seed; the same arguments always give byte-identical files.",
 )
+@click.option(
+    "--domain",
+    type=click.Choice(["none", "fog", "rain", "winter", "thermal-gain", "night-only"]),
+    default="none",
+    show_default=True,
+    help="Shifted domain of the same scenes, for drift tests (docs/synthetic.md).",
+)
 def synth(
-    task: str, out: Path, n_train: int, n_test: int, size: tuple[int, int] | None, seed: int
+    task: str,
+    out: Path,
+    n_train: int,
+    n_test: int,
+    size: tuple[int, int] | None,
+    seed: int,
+    domain: str,
 ) -> None:
     """Render a synthetic visible + thermal dataset (KAIST or MFNet layout).
 
@@ -86,12 +99,16 @@ def synth(
     """
     from md.data.synthetic import SynthConfig, Task, run
 
-    cfg = SynthConfig(cast(Task, task), n_train=n_train, n_test=n_test, size=size, seed=seed)
+    cfg = SynthConfig(
+        cast(Task, task), n_train=n_train, n_test=n_test, size=size, seed=seed, domain=domain
+    )
     meta = run(cfg, out)
     w, h = cfg.image_size
     click.echo(
         f"wrote {n_train} train + {n_test} test {task} samples ({w}x{h}, "
-        f"{meta['layout']} layout, seed {seed}) to {out}"
+        f"{meta['layout']} layout, seed {seed}"
+        + (f", domain {domain}" if domain != "none" else "")
+        + f") to {out}"
     )
 
 

@@ -18,8 +18,9 @@ def _thermal(value: str | None) -> int | str | None:
 @click.option(
     "--store",
     "store_url",
-    default=None,
-    help="Teacher-target store from md cache-teacher (directory, .zip or URL).",
+    multiple=True,
+    help="Teacher-target store from md cache-teacher (directory, .zip or URL); repeat it "
+    "to add delta stores (md cache-teacher --ids) trained on with the first.",
 )
 @click.option(
     "--data",
@@ -66,9 +67,16 @@ def _thermal(value: str | None) -> int | str | None:
     default=None,
     help="Train on the written samples of an incomplete store.",
 )
+@click.option(
+    "--init",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Start from this student checkpoint's weights (fine-tuning).",
+)
 @training_options
 def train_student(
-    store_url: str | None,
+    store_url: tuple[str, ...],
+    init: str | None,
     data_dir: str | None,
     out: str,
     task: str | None,
@@ -98,7 +106,9 @@ def train_student(
         overrides=overrides,
         task=task,
         data=data_dir,
-        store=store_url,
+        store=store_url[0] if store_url else None,
+        delta_stores=tuple(store_url[1:]) or None,
+        init=init,
         thermal_factor=_thermal(thermal_factor),
         distill=False if no_distill else None,
         online_teacher=online_teacher,

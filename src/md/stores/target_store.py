@@ -201,6 +201,12 @@ class TargetStore:
         h = self._writable()
         h.group.attrs.update(checked_attrs(attrs, self.url))
 
+    def reference_group(self) -> zarr.Group:
+        """The store's root Zarr group (for `md.stores.reference`, which reads and writes
+        its ``reference/`` subgroup); writable in mode ``r+``."""
+        h = self._writable() if self.mode == "r+" else self._handle()
+        return h.group
+
     # -- completeness -----------------------------------------------------------------------
 
     def written_mask(self) -> np.ndarray:

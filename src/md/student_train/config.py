@@ -17,6 +17,11 @@ class StudentTrainConfig(recipe.RunConfig):
     data: str = ""  # dataset root (KAIST or MFNet layout); optional if the store bundles inputs
     split: str = "train"  # reads DATA/<split>.txt
     store: str = ""  # teacher-target store (directory, .zip or fsspec URL)
+    # More stores of the same schema (delta stores of md cache-teacher --ids) trained on
+    # together with `store` (md.student_train.union); they need bundled inputs.
+    delta_stores: tuple[str, ...] = ()
+    delta_repeat: int = 1  # each delta frame is sampled this many times as often as a base one
+    init: str = ""  # student checkpoint whose weights start the run (fine-tuning)
     thermal_factor: Literal[1, 4, 16, 64, "none"] = 16  # pixel factor; none = visible only
     width: float = 0.0  # trunk width; 0 = the teacher's (from the store / online teacher), else 1
     levels: tuple[str, ...] = ()  # distilled levels; () = all of the store's / teacher's
@@ -59,7 +64,7 @@ class StudentTrainConfig(recipe.RunConfig):
 
     LIMITS: ClassVar[dict[str, Limit]] = {
         **recipe.MODEL_LIMITS, "attention_weight": NON_NEGATIVE, "semantic_weight": NON_NEGATIVE,
-        "crop": Limit(32), "window_shards": AT_LEAST_1, "prefetch_factor": AT_LEAST_1,
+        "crop": Limit(32), "window_shards": AT_LEAST_1, "delta_repeat": AT_LEAST_1, "prefetch_factor": AT_LEAST_1,
         "prefetch_batches": NON_NEGATIVE, "shard_groups": NON_NEGATIVE, "dist_timeout_s": AT_LEAST_1,
     }  # fmt: skip
 

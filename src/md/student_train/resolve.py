@@ -23,6 +23,7 @@ from md.stores import TargetStore, open_store
 from md.student_train.config import StudentTrainConfig, crop_hw, thermal_factor_of
 from md.student_train.loader import ALIGN, SampleSource, ShardAwareSampler
 from md.student_train.model import build_student, student_args, student_loss_fn
+from md.student_train.union import StoreUnion
 from md.train import recipe
 from md.train.loop import LossFn
 
@@ -53,7 +54,7 @@ def prepare(cfg: StudentTrainConfig, *, rank: int = 0, world_size: int = 1) -> S
     fingerprint = dataset_fingerprint(ds) if ds is not None else None
     if ds is not None and fingerprint is not None and cfg.image_cache:
         ds.use_decoded_cache(cfg.image_cache, fingerprint["sha256"])
-    store = open_store(cfg.store) if cfg.store else None
+    store = _open_stores(cfg)
     task = _resolve_task(cfg, ds, store)
     teacher, teacher_sha = _online_teacher(cfg, task)
     cfg = replace(cfg, task=task)
@@ -63,6 +64,8 @@ def prepare(cfg: StudentTrainConfig, *, rank: int = 0, world_size: int = 1) -> S
     rows, ds_index = _rows(cfg, store, ds, fingerprint)
     source = _source(cfg, store, ds, rows, ds_index, teacher)
     model = build_student(cfg)
+    if cfg.init:
+        _init_weights(model, cfg.init)
     if source.target_levels is not None:  # offline: the store's maps must fit this student
         assert store is not None
         prov.check_store_shapes(
@@ -94,6 +97,39 @@ def prepare(cfg: StudentTrainConfig, *, rank: int = 0, world_size: int = 1) -> S
         rank,
         world_size,
     )
+
+
+def _open_stores(cfg: StudentTrainConfig) -> TargetStore | None:
+    """The store, or with ``delta_stores`` the union of the base and its deltas."""
+    if not cfg.store:
+        if cfg.delta_stores:
+            raise ConfigError("delta stores need a base store first: --store BASE --store DELTA")
+        return None
+    base = open_store(cfg.store)
+    if not cfg.delta_stores:
+        return base
+    if cfg.data:
+        raise ConfigError(
+            "training on several stores reads their bundled inputs and labels: drop --data "
+            "(cache the stores with --bundle-inputs)"
+        )
+    union = StoreUnion(base, [open_store(u) for u in cfg.delta_stores], cfg.delta_repeat)
+    return cast(TargetStore, union)
+
+
+def _init_weights(model: nn.Module, path: str) -> None:
+    """Start from the weights of student checkpoint `path` (same architecture)."""
+    loaded, ckpt = load_model(path)
+    if ckpt["model_kind"] != "student":
+        raise MdError(f"{path}: holds a {ckpt['model_kind']}; --init takes a student checkpoint")
+    try:
+        model.load_state_dict(loaded.state_dict())
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise MdError(
+            f"{path}: its student does not fit this run's ({first}); pass the config it was "
+            "trained with (width, levels, head_input, thermal factor)"
+        ) from None
 
 
 def check_world(cfg: StudentTrainConfig, world_size: int) -> StudentTrainConfig:
@@ -165,8 +201,15 @@ def _lineage(
 ) -> dict[str, Any]:
     """The store learned from and the teacher behind the targets (online: the file's sha)."""
     recorded = prov.recorded_teacher_sha256(store.attrs) if store is not None else None
+    deltas = None
+    if isinstance(store, StoreUnion):
+        deltas = [prov.store_lineage(m, np.arange(m.n)) for m in store.members[1:]]
+        store = store.members[0]
+        rows = rows[rows < store.n]
     return {
         "store": prov.store_lineage(store, rows) if store is not None else None,
+        "delta_stores": deltas,
+        "init": cfg.init or None,
         "teacher_sha256": teacher_sha or (recorded if cfg.distill else None),
         "online_teacher": cfg.online_teacher or None,
     }

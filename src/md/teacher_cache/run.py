@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -51,8 +51,11 @@ from md.stores import (
 from md.stores.info import info
 from md.stores.lock import WriterLock, writer_lock
 from md.teacher_cache.cluster import DaskRun, cache_on_dask, make_job, parse_resources
+from md.teacher_cache.delta import base_options, check_same_schema, open_base, open_request_dataset
+from md.teacher_cache.delta import lineage as delta_lineage
 from md.teacher_cache.loading import load_teacher
 from md.teacher_cache.provenance import explain_refusal, identity_attrs
+from md.teacher_cache.reference import record_reference
 from md.teacher_cache.shards import ShardOptions, ShardStats, cache_shards
 from md.train.recipe import resolve_device
 
@@ -91,6 +94,10 @@ class CacheConfig:
     workers: int = 0  # > 0: start a local Dask cluster of N worker processes, 1 thread each
     resources: str = ""  # Dask resources every shard task needs, e.g. GPU=1 (workers offer them)
     dask_timeout_s: float = 30.0  # seconds to reach the scheduler / to be without any worker
+    # Delta store (md.teacher_cache.delta): cache only the frames of this request file
+    # (md drift --select), in the base store's schema, with lineage pointing at the base.
+    ids: str = ""
+    base_store: str = ""  # the base store; "" = the request's base_store
 
     LIMITS: ClassVar[dict[str, Limit]] = {
         "shard_size": AT_LEAST_1, "batch_size": AT_LEAST_1, "num_workers": NON_NEGATIVE,
@@ -105,7 +112,13 @@ def run(cfg: CacheConfig) -> dict[str, Any]:
     check_limits(cfg)
     _check_config(cfg)
     teacher, ckpt = load_teacher(cfg.teacher)
-    ds = open_dataset(cfg.data, split=cfg.split)
+    base, request = None, None
+    if cfg.ids:
+        ds, request = open_request_dataset(cfg.data, cfg.ids)
+        base = open_base(cfg.base_store, request)
+        cfg = replace(cfg, shard_size=base.shard_size)  # a delta is cut as its base is
+    else:
+        ds = open_dataset(cfg.data, split=cfg.split)
     if ds.task != teacher.task:
         raise MdError(
             f"{cfg.teacher}: a {teacher.task} teacher cannot cache {cfg.data} "
@@ -116,7 +129,11 @@ def run(cfg: CacheConfig) -> dict[str, Any]:
     if not uses_dask(cfg):  # with Dask the teacher runs on the workers; here it sizes the schema
         teacher.to(device)
     opts = shard_options(cfg, teacher, ds)
+    if base is not None:
+        opts = base_options(base, opts)
     schema = build_schema(teacher, len(ds), cfg, opts)
+    if base is not None:
+        check_same_schema(base, schema)
     teacher_sha256 = file_sha256(cfg.teacher)
     attrs = identity_attrs(
         schema=schema,
@@ -125,12 +142,14 @@ def run(cfg: CacheConfig) -> dict[str, Any]:
         teacher_sha256=teacher_sha256,
         fingerprint=dataset_fingerprint(ds),
         sample_ids=[s.id for s in ds.samples],
-        split=cfg.split,
+        split=f"request:{Path(cfg.ids).name}" if cfg.ids else cfg.split,
         image_size=opts.image_size,
         thermal_size=thermal_size(cfg, opts.image_size),
         amp=cfg.amp,
         thermal_factor=cfg.thermal_factor,
     )
+    if base is not None and request is not None:
+        attrs["lineage"] = delta_lineage(base, cfg.ids, request)
     with writer_lock(cfg.store) as lock:  # one writer per store, from before it is opened
         store = open_target_store(cfg, schema, attrs)
         summary = _cache(cfg, ds, teacher, store, opts, teacher_sha256, device, lock)
@@ -171,6 +190,8 @@ def _cache(
         store.set_attrs({"last_run": _run_attrs(cfg, summary)})  # last: after every shard
     if dask_run is not None:
         _check_dask_complete(store, dask_run.shards)
+    if summary["complete"] and (stats.shards or "reference" not in store.attrs):
+        summary["reference"] = record_reference(ds, store)  # for md drift; a few kB
     return summary
 
 

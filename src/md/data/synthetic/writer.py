@@ -21,6 +21,7 @@ from md.data.synthetic.constants import (
     SPLITS,
     Task,
 )
+from md.data.synthetic.domains import DOMAINS, apply_domain, check_domain, domain_index
 from md.data.synthetic.sample import Box, SyntheticSample, render_sample
 from md.errors import ConfigError, DataError
 
@@ -34,6 +35,7 @@ class SynthConfig:
     n_test: int = 32  # samples in test.txt
     size: tuple[int, int] | None = None  # (width, height) px; None: the task's default
     seed: int = 0
+    domain: str = "none"  # md.data.synthetic.domains: fog, rain, winter, thermal-gain, night-only
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -49,6 +51,7 @@ class SynthConfig:
                 raise ConfigError(f"{name}={n}: use 0..{MAX_SAMPLES} samples per split")
         if self.n_train + self.n_test == 0:
             raise ConfigError("n_train and n_test are both 0: ask for at least one sample")
+        check_domain(self.domain)
         if self.seed < 0:
             raise ConfigError(f"seed={self.seed}: use a non-negative integer")
         w, h = self.image_size
@@ -78,6 +81,10 @@ def metadata(cfg: SynthConfig) -> dict[str, object]:
             f"--size {w}x{h} --seed {cfg.seed} --out DIR"
         ),
     }
+    if cfg.domain != "none":  # clean sets keep their synthetic.json byte for byte
+        meta["domain"] = cfg.domain
+        command = str(meta["regenerate"]).removesuffix(" --out DIR")
+        meta["regenerate"] = f"{command} --domain {cfg.domain} --out DIR"
     if cfg.task == "detection":
         # The KAIST 'reasonable' height threshold (55 px at 512 rows) at this image height.
         meta["reasonable_min_height"] = round(55 * h / 512, 2)
@@ -88,8 +95,14 @@ def metadata(cfg: SynthConfig) -> dict[str, object]:
 
 def iter_samples(cfg: SynthConfig, split: str) -> Iterator[SyntheticSample]:
     n = cfg.n_train if split == "train" else cfg.n_test
-    for index in range(n):
-        yield render_sample(cfg.task, cfg.seed, split, index, cfg.image_size)
+    for i in range(n):
+        index = domain_index(cfg.domain, i)
+        sample = render_sample(cfg.task, cfg.seed, split, index, cfg.image_size)
+        if cfg.domain != "none":
+            key = [cfg.seed, SPLITS.index(split), index, DOMAINS.index(cfg.domain)]
+            rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(key)))
+            sample = apply_domain(sample, cfg.domain, rng)
+        yield sample
 
 
 def save_png(array: NDArray[np.uint8], mode: str, path: Path) -> None:
