@@ -33,6 +33,8 @@ def _register() -> None:
     from md.cli import store as store_cli
     from md.cli import train_student as train_student_cli
     from md.cli import train_teacher as train_teacher_cli
+    from md.cli import audit as audit_cli
+    from md.cli import lineage as lineage_cli
 
     main.add_command(data_cli.data)
     main.add_command(store_cli.store)
@@ -44,6 +46,8 @@ def _register() -> None:
     main.add_command(demo_cli.demo)
     main.add_command(export_cli.export)
     main.add_command(predict_cli.predict)
+    main.add_command(audit_cli.audit)
+    main.add_command(lineage_cli.lineage)
 
 
 _register()
