@@ -258,7 +258,9 @@ def _user() -> str:
         return str(os.getuid())
 
 
-def log_paths(outputs: Mapping[str, Any], extra: Sequence[str | os.PathLike[str]] = ()) -> list[Path]:
+def log_paths(
+    outputs: Mapping[str, Any], extra: Sequence[str | os.PathLike[str]] = ()
+) -> list[Path]:
     """The logs a command with these outputs appends to: ``audit.jsonl`` in each local
     output's directory, ``audit/log.jsonl`` in each local directory store, and `extra`."""
     logs: list[Path] = []

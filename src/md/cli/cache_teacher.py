@@ -144,9 +144,7 @@ def cache_teacher(
         inputs = {"teacher": cfg.teacher, "data": cfg.data}
         with audited("cache-teacher", inputs, {"store": cfg.store}) as log:
             summary = run(cfg)
-            log.details.update(
-                split=cfg.split, codec=cfg.codec, complete=summary.get("complete")
-            )
+            log.details.update(split=cfg.split, codec=cfg.codec, complete=summary.get("complete"))
     except KeyboardInterrupt:
         click.echo(
             "interrupted: finished shards are kept; rerun the same command to resume", err=True
