@@ -23,18 +23,18 @@ def main() -> None:
 
 
 def _register() -> None:
+    from md.cli import audit as audit_cli
     from md.cli import bench as bench_cli
     from md.cli import cache_teacher as cache_teacher_cli
     from md.cli import data as data_cli
     from md.cli import demo as demo_cli
     from md.cli import evaluate as evaluate_cli
     from md.cli import export as export_cli
+    from md.cli import lineage as lineage_cli
     from md.cli import predict as predict_cli
     from md.cli import store as store_cli
     from md.cli import train_student as train_student_cli
     from md.cli import train_teacher as train_teacher_cli
-    from md.cli import audit as audit_cli
-    from md.cli import lineage as lineage_cli
 
     main.add_command(data_cli.data)
     main.add_command(store_cli.store)
