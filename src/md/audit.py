@@ -321,7 +321,9 @@ def audited(
     logs: Sequence[str | os.PathLike[str]] = (),
 ) -> Iterator[Audited]:
     """Run the body and append one line (outcome ok, or error with its message) to every
-    log of `log_paths(outputs, logs)`; hashes are taken when the body ends. The body's
+    log of `log_paths(outputs, logs)`; hashes are taken when the body ends. An error is
+    appended only to logs that exist already (and to `logs`): a failed first run in a
+    folder leaves no file behind. The body's
     exception propagates unchanged. Set ``MD_AUDIT=0`` to switch logging off.
 
     Usage: ``with audited("store sync", {"source": src}, {"store": dest}): ...``.
@@ -342,6 +344,8 @@ def _write(a: Audited, outcome: str, error: str | None, argv: Sequence[str]) -> 
         return  # switched off, or a torchrun process other than rank 0 (which logs the job)
     entry = entry_for(a, outcome, error, argv)
     for log in log_paths(a.outputs, a.extra_logs):
+        if outcome != "ok" and not log.is_file() and str(log) not in a.extra_logs:
+            continue  # a failed run leaves nothing behind: errors go to logs that exist
         try:
             append(log, entry)
             a.logs.append(log)
