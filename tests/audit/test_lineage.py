@@ -175,3 +175,24 @@ def test_packed_store_and_its_audit_log_travel_together(chain, tmp_path: Path) -
     cmds = [e["command"] for e in audit.read_log(chain["root"] / audit.LOG_NAME)]
     assert cmds[:2] == ["cache-teacher", "train-student"]
     assert audit.verify_log(chain["root"] / audit.LOG_NAME).ok
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_exported_model_traces_to_its_checkpoint_and_store(chain, tmp_path: Path, fmt: str) -> None:
+    out = tmp_path / ("student.onnx" if fmt == "onnx" else "student.ts.pt")
+    with one_torch_thread():
+        run_cli("export", str(chain["student"]), "--format", fmt, "--out", str(out))
+    (entry,) = audit.read_log(tmp_path / audit.LOG_NAME)
+    assert entry["command"] == "export"
+    assert entry["inputs"]["checkpoint"]["sha256"] == audit.file_sha256(chain["student"])
+    assert entry["outputs"]["model"]["sha256"] == audit.file_sha256(out)
+    # from the metadata alone: the recorded store link is checked against the store given
+    r = _lineage(str(out), "--verify", "--store", str(chain["store"]))
+    st = _status(r)
+    assert st["export -> checkpoint"] == "not checked" and st["student -> store"] == "holds"
+    assert r["chain"]["export"]["checkpoint_sha256"] == audit.file_sha256(chain["student"])
+    r = _lineage(str(out), "--verify", "--checkpoint", str(chain["student"]))
+    assert _status(r)["export -> checkpoint"] == "holds"
+    # another checkpoint (here the teacher's): its sha256 is not the recorded one
+    r = _lineage(str(out), "--verify", "--checkpoint", str(chain["teacher"]), expect=1)
+    assert _status(r)["export -> checkpoint"] == "broken"
