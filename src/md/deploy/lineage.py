@@ -108,8 +108,8 @@ def _store_node(url: str) -> dict[str, Any]:
     with open_store(url) as ts:
         attrs = ts.attrs
         ident = store_lineage(ts, np.zeros(0, dtype=np.int64))
-    teacher = attrs.get("teacher") if isinstance(attrs.get("teacher"), dict) else {}
-    dataset = attrs.get("dataset") if isinstance(attrs.get("dataset"), dict) else {}
+    teacher: dict[str, Any] = attrs["teacher"] if isinstance(attrs.get("teacher"), dict) else {}
+    dataset: dict[str, Any] = attrs["dataset"] if isinstance(attrs.get("dataset"), dict) else {}
     node = {
         "url": url,
         "schema_version": attrs.get("schema_version"),
@@ -157,14 +157,15 @@ class _Fingerprints:
     """Dataset fingerprints of --data per split, computed once each."""
 
     def __init__(self, root: str | None) -> None:
-        self.root, self.cache = root, {}  # type: ignore[var-annotated]
+        self.root = root
+        self.cache: dict[str, str] = {}
 
     def sha(self, split: str | None) -> str | None:
         if self.root is None or not split:
             return None
         if split not in self.cache:
             self.cache[split] = dataset_fingerprint(open_dataset(self.root, split))["sha256"]
-        return str(self.cache[split])
+        return self.cache[split]
 
 
 def lineage(
