@@ -43,7 +43,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -169,6 +169,19 @@ def _last_line(f: Any) -> tuple[bytes | None, int]:
     return last, count
 
 
+def chain_line(existing: bytes, entry: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """The line that follows the log bytes `existing`: (entry with ``seq``, ``prev``,
+    ``hash``; its bytes with the newline). For logs read and rewritten whole (objects)."""
+    lines = [x for x in existing.split(b"\n") if x]
+    line: dict[str, Any] = {
+        "seq": len(lines) + 1,
+        "prev": hashlib.sha256(lines[-1]).hexdigest() if lines else ZERO,
+        **{k: v for k, v in entry.items() if k not in ("seq", "prev", "hash")},
+    }
+    line["hash"] = line_hash(line)
+    return line, json.dumps(line, ensure_ascii=True).encode() + b"\n"
+
+
 def append(log: str | os.PathLike[str], entry: Mapping[str, Any]) -> dict[str, Any]:
     """Append `entry` to `log` under an exclusive lock, chained to the last line; returns
     the line written (with ``seq``, ``prev`` and ``hash``)."""
@@ -265,7 +278,7 @@ def log_paths(
     output's directory, ``audit/log.jsonl`` in each local directory store, and `extra`."""
     logs: list[Path] = []
     for out in outputs.values():
-        if out is None or "://" in str(out):
+        if out is None or isinstance(out, Mapping) or "://" in str(out):
             continue
         p = Path(out)
         if p.is_dir() and (p / "zarr.json").is_file():
@@ -291,8 +304,9 @@ class Audited:
     inputs: dict[str, Any]
     outputs: dict[str, Any]
     details: dict[str, Any] = field(default_factory=dict)
-    logs: list[Path] = field(default_factory=list)  # filled in when written
+    logs: list[Any] = field(default_factory=list)  # filled in when written (paths, URLs)
     extra_logs: list[str] = field(default_factory=list)
+    remote: Callable[[str, dict[str, Any]], None] | None = None
 
 
 def entry_for(a: Audited, outcome: str, error: str | None, argv: Sequence[str]) -> dict[str, Any]:
@@ -319,6 +333,7 @@ def audited(
     *,
     argv: Sequence[str] | None = None,
     logs: Sequence[str | os.PathLike[str]] = (),
+    remote: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> Iterator[Audited]:
     """Run the body and append one line (outcome ok, or error with its message) to every
     log of `log_paths(outputs, logs)`; hashes are taken when the body ends. An error is
@@ -326,9 +341,13 @@ def audited(
     folder leaves no file behind. The body's
     exception propagates unchanged. Set ``MD_AUDIT=0`` to switch logging off.
 
+    `remote(url, entry)` appends to the log inside each output that is a URL (a store on
+    object storage: `md.stores.audit.append_to_store`); without it URL outputs get no line.
+
     Usage: ``with audited("store sync", {"source": src}, {"store": dest}): ...``.
     """
     a = Audited(command, dict(inputs or {}), dict(outputs or {}), extra_logs=[str(x) for x in logs])
+    a.remote = remote
     argv = list(sys.argv) if argv is None else list(argv)
     try:
         yield a
@@ -351,3 +370,16 @@ def _write(a: Audited, outcome: str, error: str | None, argv: Sequence[str]) -> 
             a.logs.append(log)
         except OSError as e:  # a read-only output place must not turn success into failure
             print(f"md: warning: could not append to the audit log {log}: {e}", file=sys.stderr)
+    if a.remote is None:
+        return
+    for out in a.outputs.values():
+        if out is not None and not isinstance(out, Mapping) and "://" in str(out):
+            try:
+                a.remote(str(out), entry)
+                a.logs.append(redact(str(out)))
+            except Exception as e:
+                print(
+                    f"md: warning: could not append to the audit log in {redact(str(out))}: "
+                    f"{redact(str(e))}",
+                    file=sys.stderr,
+                )

@@ -196,3 +196,26 @@ def test_exported_model_traces_to_its_checkpoint_and_store(chain, tmp_path: Path
     # another checkpoint (here the teacher's): its sha256 is not the recorded one
     r = _lineage(str(out), "--verify", "--checkpoint", str(chain["teacher"]), expect=1)
     assert _status(r)["export -> checkpoint"] == "broken"
+
+
+def test_store_on_s3_carries_its_log_without_credentials(
+    chain, s3_bucket: str, tmp_path: Path
+) -> None:
+    import os
+
+    from md.stores.audit import read_store_log
+
+    zip_path = tmp_path / "train.zip"
+    run_cli("store", "pack", str(chain["store"]), str(zip_path))
+    url = f"s3://{s3_bucket}/gw/train.zarr"
+    run_cli("store", "unpack", str(zip_path), url)
+    raw = read_store_log(url)
+    log = tmp_path / "copy.jsonl"
+    log.write_bytes(raw)
+    entries = audit.read_log(log)
+    assert audit.verify_log(log).ok
+    assert entries[-1]["command"] == "store unpack" and entries[-1]["outcome"] == "ok"
+    assert "cache-teacher" in [e["command"] for e in entries]  # shipped from the hub
+    text = raw.decode()
+    for key in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"):
+        assert os.environ[key] not in text

@@ -138,11 +138,11 @@ def cache_teacher(
         thermal_factor=int(thermal_factor) if thermal_factor else None,
         **options,
     )
-    from md.audit import audited
+    from md.stores.audit import audited_store
 
     try:
         inputs = {"teacher": cfg.teacher, "data": cfg.data}
-        with audited("cache-teacher", inputs, {"store": cfg.store}) as log:
+        with audited_store("cache-teacher", inputs, {"store": cfg.store}) as log:
             summary = run(cfg)
             log.details.update(split=cfg.split, codec=cfg.codec, complete=summary.get("complete"))
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from md.audit import audited
+from md.stores.audit import audited_store
 from md.stores.info import info as store_info
 from md.stores.pack import pack as store_pack
 from md.stores.pack import unpack as store_unpack
@@ -92,7 +93,7 @@ def unpack_cmd(zip_path: str, out_dir: str) -> None:
     Compressed members, and sizes that disagree with the manifest, are refused before
     anything is read; members are copied in 1 MiB pieces.
     """
-    with audited("store unpack", {"zip": zip_path}, {"store": out_dir}):
+    with audited_store("store unpack", {"zip": zip_path}, {"store": out_dir}):
         dest = store_unpack(zip_path, out_dir)
     click.echo(f"unpacked {zip_path} into {dest}")
 
