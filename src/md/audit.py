@@ -238,26 +238,29 @@ def verify_log(log: str | os.PathLike[str]) -> VerifyReport:
             f"{log}: no audit log there; pass an audit.jsonl file, or a directory or store "
             "that holds one"
         )
+    return verify_bytes(path.read_bytes(), str(path))
+
+
+def verify_bytes(data: bytes, name: str) -> VerifyReport:
+    """`verify_log` of a log's bytes (e.g. an object read from a remote store)."""
     prev, n = ZERO, 0
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            raw = raw.rstrip(b"\n")
-            try:
-                entry = json.loads(raw)
-                if not isinstance(entry, dict):
-                    raise ValueError("not an object")
-            except ValueError:
-                return VerifyReport(str(path), n, False, n, "not a JSON object")
-            if entry.get("hash") != line_hash(entry):
-                return VerifyReport(str(path), n, False, n, "line edited (its hash differs)")
-            if entry.get("prev") != prev:
-                return VerifyReport(
-                    str(path), n, False, n, "chain broken (prev is not the line before's sha256)"
-                )
-            if entry.get("seq") != n:
-                return VerifyReport(str(path), n, False, n, f"seq {entry.get('seq')} at line {n}")
-            prev = hashlib.sha256(raw).hexdigest()
-    return VerifyReport(str(path), n, True)
+    for n, raw in enumerate(data.split(b"\n")[: -1 if data.endswith(b"\n") else None], 1):
+        try:
+            entry = json.loads(raw)
+            if not isinstance(entry, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            return VerifyReport(name, n, False, n, "not a JSON object")
+        if entry.get("hash") != line_hash(entry):
+            return VerifyReport(name, n, False, n, "line edited (its hash differs)")
+        if entry.get("prev") != prev:
+            return VerifyReport(
+                name, n, False, n, "chain broken (prev is not the line before's sha256)"
+            )
+        if entry.get("seq") != n:
+            return VerifyReport(name, n, False, n, f"seq {entry.get('seq')} at line {n}")
+        prev = hashlib.sha256(raw).hexdigest()
+    return VerifyReport(name, n, True)
 
 
 def read_log(log: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -122,6 +122,11 @@ def test_a_regenerated_dataset_breaks_the_data_links(chain, tmp_path: Path) -> N
     assert st["student -> training data"] == "broken"
     assert st["store -> cached data"] == "broken"
     assert st["student -> store"] == "holds"
+    # the store alone: what it recorded of the teacher's training data breaks too
+    r = _lineage(str(chain["store"]), "--verify", "--data", str(other), expect=1)
+    assert _status(r)["teacher -> training data"] == "broken"
+    r = _lineage(str(chain["store"]), "--verify", "--data", str(chain["data"]))
+    assert _status(r)["teacher -> training data"] == "holds"
 
 
 def test_a_store_rebuilt_from_another_teacher_breaks_the_store_link(
@@ -219,3 +224,4 @@ def test_store_on_s3_carries_its_log_without_credentials(
     text = raw.decode()
     for key in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"):
         assert os.environ[key] not in text
+    assert "intact" in run_cli("audit", "verify", url)

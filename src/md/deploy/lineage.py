@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import zipfile
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +136,19 @@ def _store_node(url: str) -> dict[str, Any]:
     return node
 
 
+def _mtime(path: str) -> str:
+    """The file's modification time (UTC): checkpoints record no creation time."""
+    stamp = Path(path).stat().st_mtime
+    return datetime.fromtimestamp(stamp, timezone.utc).isoformat(timespec="seconds")
+
+
 def _teacher_node(path: str) -> dict[str, Any]:
-    node: dict[str, Any] = {"path": path, "sha256": file_sha256(path), "readable": True}
+    node: dict[str, Any] = {
+        "path": path,
+        "sha256": file_sha256(path),
+        "file_modified": _mtime(path),
+        "readable": True,
+    }
     try:
         ckpt = load_checkpoint(path)
     except MdError as e:
@@ -187,6 +199,7 @@ def lineage(
         chain["export"] = {
             "path": artifact,
             "sha256": file_sha256(artifact),
+            "file_modified": _mtime(artifact),
             "format": content.get("format"),
             "md_version": content.get("md_version"),
             "checkpoint": content.get("checkpoint"),
@@ -212,6 +225,7 @@ def lineage(
         node = {
             "path": artifact,
             "sha256": file_sha256(artifact),
+            "file_modified": _mtime(artifact),
             "model_kind": content.get("model_kind"),
             "task": content.get("task"),
             "md_version": content.get("md_version"),
@@ -317,6 +331,15 @@ def lineage(
             _link("teacher -> training data", rec, fps.sha(t_node.get("train_split")), verify)
         )
     elif store_node is not None:
+        links.append(
+            _link(
+                "teacher -> training data",
+                store_node["teacher_train_dataset_sha256"],
+                fps.sha(store_node["teacher_train_split"]),
+                verify,
+                "as the store recorded it",
+            )
+        )
         chain["teacher"] = {
             "sha256": store_node["teacher_sha256"],
             "config": store_node["teacher_config"],
