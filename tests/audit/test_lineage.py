@@ -169,6 +169,16 @@ def test_packed_store_and_its_audit_log_travel_together(chain, tmp_path: Path) -
     assert packed["outputs"]["zip"]["sha256"] == audit.file_sha256(zip_path)
     r = _lineage(str(zip_path), "--verify", "--teacher", str(chain["teacher"]))
     assert _status(r)["store -> pack manifest"] == "holds"
+    zip_student = tmp_path / "zip_student.pt"
+    with one_torch_thread():
+        run_cli(
+            "train-student", "--store", str(zip_path), "--data", str(chain["data"]),
+            "--out", str(zip_student), *TINY,
+        )  # fmt: skip
+    r = _lineage(str(zip_student), "--verify", "--store", str(zip_path))
+    st = _status(r)
+    assert st["student -> pack manifest"] == "holds" and st["student -> store"] == "holds"
+    assert r["chain"]["student_lineage"]["store_codec"]
     dest = tmp_path / "gateway" / "train.zarr"
     dest.parent.mkdir()
     run_cli("store", "unpack", str(zip_path), str(dest))

@@ -254,11 +254,13 @@ def lineage(
         }
     store_node: dict[str, Any] | None = None
     if student is not None:
-        lin = student["lineage"]
-        rec_store = lin.get("store") or {}
+        lin = student["lineage"] if isinstance(student["lineage"], dict) else {}
+        rec_store = lin.get("store") if isinstance(lin.get("store"), dict) else {}
         chain["student_lineage"] = {
             "store_url": rec_store.get("url"),
             "store_attrs_sha256": rec_store.get("attrs_sha256"),
+            "store_codec": rec_store.get("codec"),
+            "store_manifest_sha256": rec_store.get("manifest_sha256"),
             "store_created": rec_store.get("created"),
             "store_tool_version": rec_store.get("tool_version"),
             "teacher_sha256": lin.get("teacher_sha256"),
@@ -272,6 +274,15 @@ def lineage(
                     "student -> store",
                     rec_store.get("attrs_sha256"),
                     store_node["attrs_sha256"] if store_node else None,
+                    verify,
+                )
+            )
+        if rec_store.get("manifest_sha256"):  # trained from a packed zip
+            links.append(
+                _link(
+                    "student -> pack manifest",
+                    rec_store.get("manifest_sha256"),
+                    store_node["manifest_sha256"] if store_node else None,
                     verify,
                 )
             )
