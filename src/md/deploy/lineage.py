@@ -254,8 +254,8 @@ def lineage(
         }
     store_node: dict[str, Any] | None = None
     if student is not None:
-        lin = student["lineage"] if isinstance(student["lineage"], dict) else {}
-        rec_store = lin.get("store") if isinstance(lin.get("store"), dict) else {}
+        lin: dict[str, Any] = student["lineage"] if isinstance(student["lineage"], dict) else {}
+        rec_store: dict[str, Any] = lin["store"] if isinstance(lin.get("store"), dict) else {}
         chain["student_lineage"] = {
             "store_url": rec_store.get("url"),
             "store_attrs_sha256": rec_store.get("attrs_sha256"),
