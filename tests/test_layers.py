@@ -16,7 +16,7 @@ SRC = Path(md.__file__).parent
 
 # Lowest first. A module belongs to the longest prefix listed.
 LAYERS: list[tuple[str, ...]] = [
-    ("md", "md.errors", "md.config", "md.progress"),
+    ("md", "md.errors", "md.config", "md.progress", "md.audit"),
     ("md.data", "md.stores"),
     ("md.models",),
     ("md.train",),

@@ -23,6 +23,7 @@ def main() -> None:
 
 
 def _register() -> None:
+    from md.cli import audit as audit_cli
     from md.cli import bench as bench_cli
     from md.cli import cache_teacher as cache_teacher_cli
     from md.cli import data as data_cli
@@ -30,6 +31,7 @@ def _register() -> None:
     from md.cli import drift as drift_cli
     from md.cli import evaluate as evaluate_cli
     from md.cli import export as export_cli
+    from md.cli import lineage as lineage_cli
     from md.cli import predict as predict_cli
     from md.cli import store as store_cli
     from md.cli import train_student as train_student_cli
@@ -46,6 +48,8 @@ def _register() -> None:
     main.add_command(export_cli.export)
     main.add_command(predict_cli.predict)
     main.add_command(drift_cli.drift)
+    main.add_command(audit_cli.audit)
+    main.add_command(lineage_cli.lineage)
 
 
 _register()

@@ -158,8 +158,13 @@ def cache_teacher(
         thermal_factor=int(thermal_factor) if thermal_factor else None,
         **options,
     )
+    from md.stores.audit import audited_store
+
     try:
-        summary = run(cfg)
+        inputs = {"teacher": cfg.teacher, "data": cfg.data}
+        with audited_store("cache-teacher", inputs, {"store": cfg.store}) as log:
+            summary = run(cfg)
+            log.details.update(split=cfg.split, codec=cfg.codec, complete=summary.get("complete"))
     except KeyboardInterrupt:
         click.echo(
             "interrupted: finished shards are kept; rerun the same command to resume", err=True

@@ -113,12 +113,17 @@ def export(
     opts = ExportOptions(
         format=fmt, size=size, batch=batch, score_thresh=score_thresh, logits=logits
     )
-    if int8:
-        from md.deploy.quantize import export_int8
+    from md.audit import audited
 
-        meta = export_int8(checkpoint, out, opts, calib=str(calib), samples=calib_samples)
-    else:
-        meta = export_checkpoint(checkpoint, out, opts)
+    inputs = {"checkpoint": checkpoint, **({"calib": calib} if calib else {})}
+    with audited("export", inputs, {"model": out}) as log:
+        log.details.update(format=fmt, int8=int8)
+        if int8:
+            from md.deploy.quantize import export_int8
+
+            meta = export_int8(checkpoint, out, opts, calib=str(calib), samples=calib_samples)
+        else:
+            meta = export_checkpoint(checkpoint, out, opts)
     if as_json:
         click.echo(json.dumps(meta, indent=2))
         return

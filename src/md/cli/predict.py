@@ -181,7 +181,16 @@ def predict(
         agree_score=agree_score,
         progress=not as_json,
     )
-    summary = run(cfg)
+    from md.audit import audited
+
+    given = {"model": model, "fallback": fallback, "data": data, "visible": visible}
+    given.update(thermal=thermal, visible_dir=visible_dir, thermal_dir=thermal_dir)
+    with audited(
+        "predict",
+        {k: v for k, v in given.items() if v is not None},
+        {"out": out, "frames": out / "frames.jsonl"},
+    ):
+        summary = run(cfg)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

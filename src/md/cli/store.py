@@ -12,6 +12,8 @@ from typing import Any
 
 import click
 
+from md.audit import audited
+from md.stores.audit import audited_store
 from md.stores.info import info as store_info
 from md.stores.pack import pack as store_pack
 from md.stores.pack import unpack as store_unpack
@@ -77,7 +79,8 @@ def pack_cmd(store_url: str, zip_path: str, force: bool, allow_incomplete: bool)
 
     STORE is a directory or a URL such as s3://bucket/run.zarr.
     """
-    summary = store_pack(store_url, zip_path, allow_incomplete=allow_incomplete, force=force)
+    with audited("store pack", {"store": store_url}, {"zip": zip_path}):
+        summary = store_pack(store_url, zip_path, allow_incomplete=allow_incomplete, force=force)
     click.echo(f"packed {summary['files']} files into {summary['zip']} ({summary['bytes']} bytes)")
 
 
@@ -91,7 +94,8 @@ def unpack_cmd(zip_path: str, out_dir: str) -> None:
     Compressed members, and sizes that disagree with the manifest, are refused before
     anything is read; members are copied in 1 MiB pieces.
     """
-    dest = store_unpack(zip_path, out_dir)
+    with audited_store("store unpack", {"zip": zip_path}, {"store": out_dir}):
+        dest = store_unpack(zip_path, out_dir)
     click.echo(f"unpacked {zip_path} into {dest}")
 
 

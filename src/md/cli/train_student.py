@@ -114,7 +114,13 @@ def train_student(
         online_teacher=online_teacher,
         allow_partial=allow_partial or None,
     )
-    done = student.run(cfg, out=out, resume=resume)
+    from md.audit import audited
+
+    inputs = {"store": cfg.store, "data": cfg.data, "online_teacher": cfg.online_teacher}
+    inputs = {k: v for k, v in inputs.items() if v}
+    with audited("train-student", inputs, {"checkpoint": out}) as log:
+        done = student.run(cfg, out=out, resume=resume)
+        log.details.update(iteration=done.loop.iteration, completed=done.loop.completed)
     if done.rank != 0:  # under torchrun rank 0 speaks for the job
         return
     if as_json:

@@ -63,7 +63,11 @@ def train_teacher(
     )
     if not cfg.data:
         raise click.UsageError("--data is required (or data: in the config file)")
-    done = teacher.run(cfg, out=out, resume=resume)
+    from md.audit import audited
+
+    with audited("train-teacher", {"data": cfg.data}, {"checkpoint": out}) as log:
+        done = teacher.run(cfg, out=out, resume=resume)
+        log.details.update(iteration=done.loop.iteration, completed=done.loop.completed)
     if as_json:
         click.echo(json.dumps(done.summary(), indent=2))
     elif done.loop.completed:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -208,7 +210,20 @@ def store_lineage(store: TargetStore, rows: np.ndarray) -> dict[str, Any]:
         "created": attrs.get("created"),
         "tool_version": attrs.get("tool_version"),
         "samples_used": int(rows.size),
+        "codec": attrs.get("codec"),
+        "manifest_sha256": manifest_sha256(store.url),  # a packed zip's; None otherwise
     }
+
+
+def manifest_sha256(url: str) -> str | None:
+    """sha256 of the ``md_manifest.json`` of a local packed store (None: not a packed zip)."""
+    path = Path(url)
+    if "://" in url or not path.is_file() or not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as zf:
+        if "md_manifest.json" not in zf.namelist():
+            return None
+        return hashlib.sha256(zf.read("md_manifest.json")).hexdigest()
 
 
 def _section(attrs: Mapping[str, Any], key: str) -> Mapping[str, Any]:
