@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,6 +148,29 @@ def test_cli_sync_reports_bytes(local_store: Path, tmp_path: Path) -> None:
     assert report["objects_copied"] == report["objects_total"] > 0 and report["verified"]
     text = run_cli("store", "sync", str(local_store), str(dst))
     assert "copied 0 objects" in text and f"skipped {report['objects_total']} identical" in text
+
+
+def test_cli_sync_is_audited_beside_dst_and_leaves_dst_equal_to_src(
+    local_store: Path, tmp_path: Path
+) -> None:
+    from md.audit import read_log, verify_log
+
+    src = tmp_path / "hub" / "src.zarr"
+    src.parent.mkdir()
+    shutil.copytree(local_store, src)
+    (src / "audit").mkdir(exist_ok=True)
+    (src / "audit" / "log.jsonl").write_text("")  # SRC's history travels with it, unchanged
+    gateway = tmp_path / "gateway"
+    gateway.mkdir()
+    dst = gateway / "dst.zarr"
+    run_cli("store", "sync", str(src), str(dst))
+    run_cli("store", "sync", str(src), str(dst))
+    assert _files(dst) == _files(src)  # no sync line inside DST
+    lines = read_log(gateway / "audit.jsonl")
+    assert [x["command"] for x in lines] == ["store sync", "store sync"]
+    assert lines[0]["outputs"]["store"]["sha256"] is not None
+    assert [x["details"]["objects_copied"] for x in lines][1] == 0
+    assert verify_log(gateway / "audit.jsonl").ok
 
 
 def test_sync_to_s3_and_back(

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
-from md.audit import audited
+from md.audit import LOG_NAME, artifact_hash, audited, redact
 from md.stores.audit import audited_store
 from md.stores.info import info as store_info
 from md.stores.pack import pack as store_pack
@@ -124,9 +125,19 @@ def sync_cmd(
     every object is copied and checked (its md_sync.json marker says "complete").
     """
     limit = bandwidth_limit * 1e6 if bandwidth_limit is not None else None
-    r = sync_store(
-        src, dst, bandwidth_limit=limit, allow_incomplete=allow_incomplete, progress=True
-    )
+    # The line goes beside DST (or beside a local SRC when DST is a URL), never into DST's
+    # own audit/log.jsonl: a synced store stays byte-equal to SRC, whose log it carries.
+    beside = next((Path(p).resolve().parent for p in (dst, src) if "://" not in p), None)
+    logs = [beside / LOG_NAME] if beside is not None and beside.is_dir() else []
+    dst_out = {"path": redact(dst), "sha256": None, "kind": "store"}
+    with audited("store sync", {"source": src}, {"store": dst_out}, logs=logs) as a:
+        r = sync_store(
+            src, dst, bandwidth_limit=limit, allow_incomplete=allow_incomplete, progress=True
+        )
+        a.outputs["store"] = artifact_hash(dst) if "://" not in dst else dst_out
+        a.details.update(
+            {k: getattr(r, k) for k in ("objects_copied", "bytes_copied", "objects_skipped")}
+        )
     if as_json:
         click.echo(json.dumps(r.to_json(), indent=2, sort_keys=True))
         return
