@@ -119,7 +119,7 @@ def appearance_of(cfg: SynthConfig, split: str, index: int) -> str:
     share = cfg.appearance[0 if split == "train" else 1]
     key = [GENERATOR_VERSION, cfg.seed, SPLITS.index(split), 0xA99E]
     order = np.random.Generator(np.random.PCG64(np.random.SeedSequence(key))).permutation(n)
-    rare = set(order[: int(round(share * n))].tolist())
+    rare = set(order[: round(share * n)].tolist())
     return "rare" if index in rare else "common"
 
 
