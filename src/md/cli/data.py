@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
@@ -31,6 +32,17 @@ class _Size(click.ParamType):
         except ValueError:
             self.fail(f"{value!r} is not WxH (e.g. 160x128)", param, ctx)
         return w, h
+
+
+def _shares(value: str) -> tuple[float, float]:
+    """``TRAIN:TEST`` shares, e.g. ``0.05:0.5``."""
+    try:
+        train, test = (float(v) for v in value.split(":"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r}: use TRAIN:TEST shares in 0..1, e.g. 0.05:0.5", param_hint="--appearance"
+        ) from None
+    return train, test
 
 
 @data.command("synth")
@@ -80,6 +92,15 @@ class _Size(click.ParamType):
     show_default=True,
     help="Shifted domain of the same scenes, for drift tests (docs/synthetic.md).",
 )
+@click.option(
+    "--appearance",
+    "appearance",
+    default=None,
+    metavar="TRAIN:TEST",
+    help="Dress the people of this share of train / test frames in a rare appearance "
+    "(pale insulated coat, cool in thermal), e.g. 0.05:0.5; recorded in annotations.json "
+    "and groups.json for md evaluate model --groups appearance. Default: not drawn.",
+)
 def synth(
     task: str,
     out: Path,
@@ -88,6 +109,7 @@ def synth(
     size: tuple[int, int] | None,
     seed: int,
     domain: str,
+    appearance: str | None = None,
 ) -> None:
     """Render a synthetic visible + thermal dataset (KAIST or MFNet layout).
 
@@ -102,6 +124,8 @@ def synth(
     cfg = SynthConfig(
         cast(Task, task), n_train=n_train, n_test=n_test, size=size, seed=seed, domain=domain
     )
+    if appearance is not None:
+        cfg = replace(cfg, appearance=_shares(appearance))
     meta = run(cfg, out)
     w, h = cfg.image_size
     click.echo(

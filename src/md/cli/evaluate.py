@@ -10,6 +10,7 @@ import click
 
 from md.cli.group import MdGroup
 from md.eval import kaist, mfnet
+from md.eval.groups import kaist_groups, parse_groups
 
 
 @click.group(cls=MdGroup)
@@ -43,6 +44,13 @@ def evaluate() -> None:
     help="WxH of the images when they are not KAIST's 640x512: the 55 px height threshold "
     "and the 5 px border scale with it, as in md evaluate model.",
 )
+@click.option(
+    "--groups",
+    "groups_opt",
+    default=None,
+    help="Also the miss rate per group and the disparity: comma-separated day_night, scale "
+    "(near/medium/far), occlusion (none/partial/heavy) or a per-box annotation key.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def kaist_results(
     results: Path,
@@ -50,6 +58,7 @@ def kaist_results(
     subset: str | None,
     allow_empty: bool,
     image_size: str | None,
+    groups_opt: str | None,
     as_json: bool,
 ) -> None:
     """Log-average miss rate (percent, reasonable setting) of a KAIST RESULTS file.
@@ -65,12 +74,49 @@ def kaist_results(
     subsets = (chosen,) if subset else kaist.SUBSETS
     setting = kaist.ReasonableSetting(image_size=_image_size(image_size))
     rates = kaist.miss_rates(ann, detections, subsets, setting)
+    report: dict[str, Any] = {"miss_rate": rates}
+    groups = parse_groups(groups_opt)
+    if groups:
+        fields = _annotation_box_fields(annotations, ann, groups)
+        report["groups"] = kaist_groups(ann, detections, groups, setting, box_fields=fields)
     if as_json:
-        click.echo(json.dumps({"miss_rate": rates}))
+        click.echo(json.dumps(report))
         return
     click.echo(f"KAIST log-average miss rate, reasonable setting: {results.name}")
     for name, rate in rates.items():
         click.echo(f"  {name:<6} {rate:6.2f} %")
+    for line in _groups_table(report.get("groups", {})):
+        click.echo(line)
+
+
+def _annotation_box_fields(
+    path: Path, ann: kaist.Annotations, groups: tuple[str, ...]
+) -> dict[str, Any]:
+    """Extra per-box keys of the annotation JSON named in `groups` (file order = ann order)."""
+    import numpy as np
+
+    wanted = [g for g in groups if g not in ("day_night", "scale", "occlusion")]
+    if not wanted:
+        return {}
+    rows = json.loads(path.read_text())["annotations"]
+    return {
+        f: np.array([str(a.get(f, "")) for a in rows], dtype=object)
+        for f in wanted
+        if any(f in a for a in rows)
+    }
+
+
+def _groups_table(groups: dict[str, Any]) -> list[str]:
+    """One line per grouping: each group's metric, then worst - best and worst / best."""
+    lines = []
+    for name, entry in groups.items():
+        metric = next(k for k in entry if k != "disparity")
+        cells = "  ".join(f"{g} {_fmt(v)}" for g, v in entry[metric].items())
+        d = entry["disparity"]
+        gap = "n/a" if d["difference"] is None else f"{d['difference']:.2f}"
+        ratio = "n/a" if d["ratio"] is None else f"{d['ratio']:.2f}"
+        lines.append(f"  {name:<14} {metric}: {cells}  | worst-best {gap}, worst/best {ratio}")
+    return lines
 
 
 @evaluate.command("mfnet-predictions")
@@ -189,6 +235,14 @@ def _thermal_factor(value: str | None) -> int | None:
     "sample id; see md.data.corrupt).",
 )
 @click.option("--corrupt-seed", type=int, default=0, show_default=True, help="Seed of --corrupt.")
+@click.option(
+    "--groups",
+    "groups_opt",
+    default=None,
+    help="Also report the metric per group and the disparity (worst - best, worst / best): "
+    "comma-separated day_night, scale, occlusion (detection), class (segmentation), or a "
+    "FIELD of DATA/annotations.json boxes or DATA/groups.json (e.g. appearance).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def model_cmd(
     checkpoint: Path,
@@ -201,6 +255,7 @@ def model_cmd(
     latency: bool,
     corrupt: str | None,
     corrupt_seed: int,
+    groups_opt: str | None,
     as_json: bool,
 ) -> None:
     """Evaluate a teacher or student CHECKPOINT (or a file from md export) on a dataset split.
@@ -212,7 +267,12 @@ def model_cmd(
     from md.deploy.exported import exported_format
 
     corruption = None if corrupt is None else get_corruption(corrupt, seed=corrupt_seed)
+    groups = parse_groups(groups_opt)
     if exported_format(checkpoint) is not None:
+        if groups:
+            raise click.UsageError(
+                "--groups works on checkpoints; evaluate the .pt the graph was exported from"
+            )
         tf = _thermal_factor(thermal_factor)
         result = _evaluate_exported(
             checkpoint, data, split, tf, save_results, batch_size, latency, corruption
@@ -230,6 +290,7 @@ def model_cmd(
             device=device,
             latency=latency,
             corrupt=corruption,
+            groups=groups,
         )
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -243,6 +304,8 @@ def model_cmd(
     for m in metrics:
         row = "  ".join(f"{s} {_fmt(result[m].get(s))}" for s in ("all", "day", "night"))
         click.echo(f"  {m:<14} {row}")
+    for line in _groups_table(result.get("groups", {})):
+        click.echo(line)
     if "latency" in result:
         lat = result["latency"]
         click.echo(

@@ -69,11 +69,17 @@ class ReasonableSetting:
     occlusions: tuple[int, ...] = (0, 1)  # kept occlusion levels: none, partial
     iou_threshold: float = 0.5  # IoU with regular GTs, IoA with ignored GTs
     max_detections: int = 1000  # per image, top scores
+    max_height: float = math.inf  # px at 512 rows; GTs this tall or taller are ignored
 
     @property
     def height_threshold(self) -> float:
         """Minimum GT height in pixels at `image_size`."""
         return self.min_height * self.image_size[1] / KAIST_IMAGE_SIZE[1]
+
+    @property
+    def height_ceiling(self) -> float:
+        """GTs of at least this height (pixels at `image_size`) are ignored; inf = none."""
+        return self.max_height * self.image_size[1] / KAIST_IMAGE_SIZE[1]
 
     @property
     def border_box(self) -> tuple[float, float, float, float]:
@@ -341,6 +347,7 @@ def ignored_ground_truth(
     return (
         annotations.ignore
         | (annotations.height < setting.height_threshold)
+        | (annotations.height >= setting.height_ceiling)
         | ~np.isin(annotations.occlusion, setting.occlusions)
         | (x < x0)
         | (y < y0)

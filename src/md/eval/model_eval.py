@@ -22,6 +22,7 @@ from md.data import open_dataset
 from md.data.collate import collate
 from md.data.transforms import reduce_thermal, student_input
 from md.errors import MdError
+from md.eval import groups as group_eval
 from md.eval import kaist, mfnet
 from md.eval.runtime import latency_ms
 from md.models import load_model
@@ -100,10 +101,14 @@ def evaluate_model(
     device: str = "auto",
     latency: bool = False,
     corrupt: Corrupt | None = None,
+    groups: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Score a checkpoint on a dataset split; see the module docstring for what is returned.
 
-    `corrupt` (`md.data.corrupt.get_corruption`) corrupts every sample's images first."""
+    `corrupt` (`md.data.corrupt.get_corruption`) corrupts every sample's images first.
+    `groups` (`md.eval.groups`): also the metric per group and the disparity, under
+    ``result["groups"]``; FIELD groupings read DATA/annotations.json (per-box keys) or
+    DATA/groups.json (per-image values)."""
     model, ckpt = load_model(ckpt_path)
     ds = open_dataset(data, split=split)
     if ds.task != ckpt["task"]:
@@ -118,9 +123,11 @@ def evaluate_model(
     kind = ckpt["model_kind"]
     stream = predict_batches(model, kind, loader, tf, dev, corrupt)
     if ds.task == "detection":
-        result = _score_detection(ds, stream, save_results)
+        result = _score_detection(ds, stream, save_results, groups, Path(data))
     else:
         result = _score_segmentation(stream, save_results)
+        if groups:
+            result["groups"] = group_eval.mfnet_groups(result, groups)
     result.update(
         {
             "checkpoint": str(ckpt_path),
@@ -139,9 +146,14 @@ def evaluate_model(
 
 
 def _score_detection(
-    ds: Any, stream: Iterator[tuple[dict[str, Any], Any]], save_results: str | Path | None
+    ds: Any,
+    stream: Iterator[tuple[dict[str, Any], Any]],
+    save_results: str | Path | None,
+    groups: Sequence[str] = (),
+    data: Path | None = None,
 ) -> dict[str, Any]:
-    dets, gts, groups, size = [], [], [], None
+    dets, gts, names, size = [], [], [], None
+    day_night: list[str] = []
     for batch, preds in stream:
         size = tuple(batch["visible"].shape[-2:][::-1])  # (W, H)
         for i, p in enumerate(preds):
@@ -160,7 +172,8 @@ def _score_detection(
                     height=boxes[:, 3] - boxes[:, 1],
                 )
             )
-            groups.append(batch["group"][i])
+            day_night.append(batch["group"][i])
+            names.append(str(batch["id"][i]))
     setting = kaist.ReasonableSetting(image_size=(int(size[0]), int(size[1])))  # type: ignore[index]
     matches = kaist.match_detections(
         kaist.annotations_from_arrays(gts), kaist.detections_from_arrays(dets), setting
@@ -170,15 +183,28 @@ def _score_detection(
         idx = (
             np.arange(len(groups))
             if subset == "all"
-            else np.flatnonzero(np.asarray(groups) == subset)
+            else np.flatnonzero(np.asarray(day_night) == subset)
         )
         rates[subset] = kaist.log_average_miss_rate(matches, idx) if len(idx) else None
     if save_results is not None:
         kaist.write_results(save_results, dets)
-    return {
+    result: dict[str, Any] = {
         "miss_rate": rates,
         "setting": {"image_size": list(setting.image_size), "min_height": setting.height_threshold},
     }
+    if groups:
+        annotations = kaist.annotations_from_arrays(gts, names)
+        box_fields, image_fields = group_eval.annotation_fields(data, names, gts, groups)
+        result["groups"] = group_eval.kaist_groups(
+            annotations,
+            kaist.detections_from_arrays(dets),
+            groups,
+            setting,
+            image_groups=day_night,
+            box_fields=box_fields,
+            image_fields=image_fields,
+        )
+    return result
 
 
 def _score_segmentation(

@@ -59,7 +59,10 @@ def head_targets(task: str, batch: Mapping[str, Any]) -> dict[str, Any]:
     missing = [k for k in _TARGET_KEYS[task] if k not in batch]
     if missing:
         raise MdError(f"{task} batch lacks {missing}; pass the collated dataset items")
-    return {k: batch[k] for k in _TARGET_KEYS[task]}
+    targets = {k: batch[k] for k in _TARGET_KEYS[task]}
+    if batch.get("sample_weight") is not None:  # md.train.group_weights: (B,) loss weights
+        targets["sample_weight"] = batch["sample_weight"]
+    return targets
 
 
 def weighted_total(parts: Mapping[str, Tensor], weights: Mapping[str, float]) -> Tensor:

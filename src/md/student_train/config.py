@@ -46,6 +46,8 @@ class StudentTrainConfig(recipe.RunConfig):
     flip: bool = False  # random horizontal flips (p = 0.5); needs a store with flipped views
     crop: tuple[int, ...] = ()  # random crop [side] or [h, w], multiples of 32; () = off
     allow_partial: bool = False  # train on the written samples of an incomplete store
+    group_weights: str = "none"  # none | inverse_frequency | FILE (md.train.group_weights)
+    group_field: str = "appearance"  # day_night or a field of DATA/groups.json
     window_shards: int = 4  # shards mixed by the shard-aware shuffle (read locality)
     # (num_workers: each DataLoader worker opens the store itself)
     prefetch_factor: int = recipe.run_control(2)  # batches each worker prepares ahead

@@ -48,12 +48,15 @@ class AttentionTransferLoss(nn.Module):
         super().__init__()
         self.eps = eps
 
-    def forward(self, m_student: Tensor, m_teacher: Tensor) -> Tensor:
-        """m_student, m_teacher (B, 1, H, W) in [0, 1] -> scalar in [0, 1]."""
+    def forward(
+        self, m_student: Tensor, m_teacher: Tensor, sample_weight: Tensor | None = None
+    ) -> Tensor:
+        """m_student, m_teacher (B, 1, H, W) in [0, 1] -> scalar in [0, 1].
+        `sample_weight` (B,): per-image weights, Σ w_b · loss_b / B."""
         s, t = m_student.float().flatten(1), m_teacher.float().flatten(1)  # (B, H·W)
         inter = (s * t).sum(1)
         dice = (2 * inter + self.eps) / (s.sum(1) + t.sum(1) + self.eps)
-        return (1 - dice).mean()
+        return _batch_mean(1 - dice, sample_weight)
 
 
 class FocalMSELoss(nn.Module):
@@ -76,14 +79,16 @@ class FocalMSELoss(nn.Module):
     def _logits(self, dist: Tensor, channels: int) -> Tensor:
         return dist / channels if self.softmax_input == "mean" else dist
 
-    def forward(self, f_student: Tensor, f_teacher: Tensor) -> Tensor:
-        """f_student, f_teacher (B, C, H, W) -> scalar >= 0."""
+    def forward(
+        self, f_student: Tensor, f_teacher: Tensor, sample_weight: Tensor | None = None
+    ) -> Tensor:
+        """f_student, f_teacher (B, C, H, W) -> scalar >= 0 (`sample_weight`: see Dice)."""
         d = (f_student.float() - f_teacher.float()).pow(2)
         channels = d.shape[1]
         dist = d.sum(1).flatten(1)  # D: (B, H·W)
         logits = self._logits(dist if self.weights_grad else dist.detach(), channels)
         weights = torch.softmax(logits, dim=1)
-        return ((weights * dist).sum(1) / channels).mean()
+        return _batch_mean((weights * dist).sum(1) / channels, sample_weight)
 
     def weights(self, f_student: Tensor, f_teacher: Tensor) -> Tensor:
         """The re-weighting mask p (B, H, W), summing to 1 per image (MD Fig. 4)."""
@@ -96,9 +101,14 @@ class FocalMSELoss(nn.Module):
 class MSELoss(nn.Module):
     """Plain MSE over every element, the S(M) ablation: mean of ``(f_s − f_t)²``."""
 
-    def forward(self, f_student: Tensor, f_teacher: Tensor) -> Tensor:
-        """f_student, f_teacher (B, C, H, W) -> scalar >= 0."""
-        return (f_student.float() - f_teacher.float()).pow(2).mean()
+    def forward(
+        self, f_student: Tensor, f_teacher: Tensor, sample_weight: Tensor | None = None
+    ) -> Tensor:
+        """f_student, f_teacher (B, C, H, W) -> scalar >= 0 (`sample_weight`: see Dice)."""
+        d = (f_student.float() - f_teacher.float()).pow(2)
+        if sample_weight is None:
+            return d.mean()
+        return _batch_mean(d.flatten(1).mean(1), sample_weight)
 
 
 class DistillationLoss(nn.Module):
@@ -141,19 +151,23 @@ class DistillationLoss(nn.Module):
         self,
         student: Mapping[str, Mapping[str, Tensor]],
         targets: Mapping[str, Mapping[str, Tensor]],
+        sample_weight: Tensor | None = None,
     ) -> dict[str, Tensor]:
+        """`sample_weight` (B,): per-image weights of both transfer losses (group
+        reweighting, `md.train.group_weights`); None: the plain batch mean."""
         parts: dict[str, Tensor] = {}
+        extra = () if sample_weight is None else (sample_weight,)
         if self.attention:
             parts["attention"] = torch.stack(
                 [
-                    self.attention_loss(student["masks"][lv], targets["masks"][lv])
+                    self.attention_loss(student["masks"][lv], targets["masks"][lv], *extra)
                     for lv in self.levels
                 ]
             ).mean()
         if self.semantic:
             parts["semantic"] = torch.stack(
                 [
-                    self.semantic_loss(student["features"][lv], targets["features"][lv])
+                    self.semantic_loss(student["features"][lv], targets["features"][lv], *extra)
                     for lv in self.levels
                 ]
             ).mean()
@@ -164,6 +178,13 @@ class DistillationLoss(nn.Module):
             total = total + self.semantic_weight * parts["semantic"]
         parts["distill"] = total
         return parts
+
+
+def _batch_mean(per_image: Tensor, sample_weight: Tensor | None) -> Tensor:
+    """Mean over the batch, or Σ_b w_b · loss_b / B (linear in the weights)."""
+    if sample_weight is None:
+        return per_image.mean()
+    return (per_image * sample_weight.float().to(per_image.device)).sum() / per_image.shape[0]
 
 
 def _device(student: Mapping[str, Mapping[str, Tensor]]) -> torch.device:

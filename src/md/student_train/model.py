@@ -17,6 +17,7 @@ from md.student_train.config import StudentTrainConfig, thermal_factor_of
 from md.student_train.loader import build_input, cut_batch
 from md.student_train.losses import DistillationLoss
 from md.train import distributed
+from md.train.group_weights import GroupWeights
 from md.train.loop import LossFn
 
 
@@ -61,6 +62,7 @@ def student_loss_fn(
     model: DistillableStudent,
     teacher: TwoStreamTeacher | None,
     codec: CodecPreset | None = None,
+    group_weights: GroupWeights | None = None,
 ) -> LossFn:
     """Task parts (e.g. cls, box / seg), then "task", "attention", "semantic", "total".
     `codec`: the store's preset, to decode the stored targets on the step's device."""
@@ -80,6 +82,10 @@ def student_loss_fn(
 
     def loss_fn(m: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         batch = build_input(batch)  # bundled uint8 inputs -> x, here on the step's device
+        weight = None
+        if group_weights is not None:
+            weight = group_weights.batch_weights(batch, batch["x"].device)
+            batch = {**batch, "sample_weight": weight}
         out = m(batch["x"])  # through the DDP wrapper, if any (its gradient hooks)
         student = cast(DistillableStudent, distributed.unwrap(m))  # `model`, unwrapped
         parts = student.loss(out, batch)
@@ -91,7 +97,7 @@ def student_loss_fn(
             if teacher is not None
             else stored_targets(batch, cfg.levels, codec)
         )
-        d = distill(out, targets)
+        d = distill(out, targets) if weight is None else distill(out, targets, weight)
         return {
             **parts,
             "task": task,

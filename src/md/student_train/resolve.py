@@ -24,7 +24,7 @@ from md.student_train.config import StudentTrainConfig, crop_hw, thermal_factor_
 from md.student_train.loader import ALIGN, SampleSource, ShardAwareSampler
 from md.student_train.model import build_student, student_args, student_loss_fn
 from md.student_train.union import StoreUnion
-from md.train import recipe
+from md.train import group_weights, recipe
 from md.train.loop import LossFn
 
 
@@ -66,6 +66,7 @@ def prepare(cfg: StudentTrainConfig, *, rank: int = 0, world_size: int = 1) -> S
     model = build_student(cfg)
     if cfg.init:
         _init_weights(model, cfg.init)
+    weights = _group_weights(cfg, ds, rows, ds_index)
     if source.target_levels is not None:  # offline: the store's maps must fit this student
         assert store is not None
         prov.check_store_shapes(
@@ -81,7 +82,10 @@ def prepare(cfg: StudentTrainConfig, *, rank: int = 0, world_size: int = 1) -> S
         "model_args": student_args(cfg),
         "config": config_to_dict(cfg),
         "split": cfg.split,
-        "lineage": _lineage(cfg, store, rows, teacher_sha),
+        "lineage": {
+            **_lineage(cfg, store, rows, teacher_sha),
+            "group_weights": None if weights is None else weights.lineage(),
+        },
         "dataset_fingerprint": fingerprint or _store_fingerprint(store),
         "world_size": world_size,
     }
@@ -90,7 +94,7 @@ def prepare(cfg: StudentTrainConfig, *, rank: int = 0, world_size: int = 1) -> S
         source,
         _sampler(cfg, store, rows, len(ds) if ds is not None else 0),
         model,
-        student_loss_fn(cfg, model, teacher, store.preset if store is not None else None),
+        student_loss_fn(cfg, model, teacher, store.preset if store is not None else None, weights),
         teacher,
         meta,
         cfg.iterations or recipe.TASK_ITERATIONS[task],
@@ -193,6 +197,27 @@ def _sampler(
     mask[rows] = True
     return ShardAwareSampler(
         n, shard_size, mask, cfg.batch_size, cfg.seed, cfg.window_shards, groups=cfg.shard_groups
+    )
+
+
+def _group_weights(
+    cfg: StudentTrainConfig, ds: Any, rows: np.ndarray, ds_index: np.ndarray | None
+) -> group_weights.GroupWeights | None:
+    """`group_weights` resolved over the training samples (their ids and day/night)."""
+    if cfg.group_weights in ("", group_weights.NONE):
+        return None
+    if ds is None:
+        raise ConfigError("group_weights: needs data=DATA (the samples' groups come from it)")
+    if cfg.task != "detection":
+        raise ConfigError("group_weights: only detection students so far; use group_weights=none")
+    index = range(len(ds)) if ds_index is None else [int(i) for i in ds_index]
+    samples = [ds.samples[i] for i in index]
+    return group_weights.resolve(
+        cfg.group_weights,
+        cfg.group_field,
+        cfg.data,
+        [s.id for s in samples],
+        [s.group for s in samples],
     )
 
 

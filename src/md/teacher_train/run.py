@@ -21,7 +21,7 @@ from md.data.collate import collate
 from md.data.transforms import hflip_sample
 from md.errors import MdError
 from md.models import build_model, model_args
-from md.train import recipe
+from md.train import group_weights, recipe
 from md.train.loop import LoopResult, loop_settings, sidecar, train_loop
 from md.train.sampling import IterationBatchSampler, SeededAugment
 
@@ -42,6 +42,8 @@ class TeacherTrainConfig(recipe.RunConfig):
     )
     class_weights: tuple[float, ...] = ()  # explicit per-class weights; filled in by "enet"
     hflip: bool = True  # random horizontal flips (p = 0.5)
+    group_weights: str = "none"  # none | inverse_frequency | FILE (md.train.group_weights)
+    group_field: str = "appearance"  # day_night or a field of DATA/groups.json
 
     LIMITS: ClassVar[dict[str, Limit]] = {**recipe.MODEL_LIMITS, "width": POSITIVE}
 
@@ -107,6 +109,16 @@ def run(cfg: TeacherTrainConfig, *, out: str | Path, resume: bool = False) -> Te
         "dataset_fingerprint": dataset_fingerprint(ds),
         "split": cfg.split,
     }
+    weights = group_weights.resolve(
+        cfg.group_weights,
+        cfg.group_field,
+        cfg.data,
+        [s.id for s in ds.samples],
+        [s.group for s in ds.samples],
+    )
+    if weights is not None and cfg.task != "detection":
+        raise MdError("group_weights: only detection teachers so far; use group_weights=none")
+    meta["lineage"] = {"group_weights": None if weights is None else weights.lineage()}
     sampler_args = (len(ds), cfg.batch_size, iterations, cfg.seed)
 
     def batches(start: int) -> DataLoader:
@@ -121,6 +133,9 @@ def run(cfg: TeacherTrainConfig, *, out: str | Path, resume: bool = False) -> Te
         )
 
     def loss_fn(m: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        if weights is not None:  # task loss per sample (the GAFF mask losses unweighted)
+            w = weights.batch_weights(batch, batch["visible"].device)
+            batch = {**batch, "sample_weight": w}
         return m.loss(m(batch["visible"], batch["thermal"]), batch)
 
     settings = loop_settings(cfg, iterations)

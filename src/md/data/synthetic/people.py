@@ -23,6 +23,7 @@ CLOTHES = np.array(
         [0.7, 0.6, 0.3],
     ]
 )
+RARE_APPEARANCE = "rare"  # the under-represented appearance of `md data synth --appearance`
 SKIN = np.array([[0.55, 0.4, 0.32], [0.45, 0.32, 0.24], [0.3, 0.2, 0.15], [0.62, 0.48, 0.4]])
 
 
@@ -33,12 +34,18 @@ def make_person(
     z: float,
     height: float,
     camouflage: RGB | None = None,
+    appearance: str | None = None,
 ) -> Thing:
     """An articulated pedestrian: head, torso, two arms, two legs, in a walking pose.
 
     Skin reads ~33 °C; clothing sits between skin and air by its insulation and is heated
     by the sun by day in proportion to its darkness, so a dark coat on hot asphalt can be
     as warm as the road while at night the whole figure stands out.
+
+    ``appearance="rare"`` (the under-represented group of `md data synth --appearance`): a
+    long, light, well-insulated coat: pale clothing in visible and clothing at nearly the
+    air temperature in thermal, so only the face stays warm. The random draws are the same
+    as for a common person, so the rest of the frame does not change.
     """
     h = height
     side = rng.random() < 0.4  # side view: narrower body, legs apart along the stride
@@ -63,6 +70,9 @@ def make_person(
     skin = SKIN[rng.integers(0, len(SKIN))]
     t_skin = rng.uniform(31.5, 34.5)
     keep = rng.uniform(0.4, 0.75)  # fraction of the skin-air difference left at the surface
+    if appearance == RARE_APPEARANCE:
+        top = bottom = np.clip(0.75 + 0.2 * top, 0, 1)  # pale coat, shade kept from the draw
+        keep = 0.08 * keep  # insulated: the surface sits close to the air temperature
 
     def cloth_temp(albedo: Array) -> float:
         t = cond.t_air + keep * (t_skin - cond.t_air)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -40,6 +40,7 @@ class Box:
     h: int
     occlusion: int
     ignore: int
+    appearance: str = ""  # `md data synth --appearance`: rare / common; "" when not asked
 
     def bbgt_line(self) -> str:
         return f"{self.label} {self.x} {self.y} {self.w} {self.h} {self.occlusion} 0 0 0 0 {self.ignore} 0"
@@ -69,13 +70,22 @@ def sample_id(task: Task, split: str, index: int) -> str:
 
 
 def render_sample(
-    task: Task, seed: int, split: str, index: int, size: tuple[int, int] | None = None
+    task: Task,
+    seed: int,
+    split: str,
+    index: int,
+    size: tuple[int, int] | None = None,
+    appearance: str | None = None,
 ) -> SyntheticSample:
-    """Render sample `index` of `split`: a pure function of its arguments."""
+    """Render sample `index` of `split`: a pure function of its arguments.
+
+    `appearance` ("rare" / "common", or None: not asked) dresses the frame's people
+    (`make_person`) and is recorded on their boxes."""
     size = size or DEFAULT_SIZE[task]
     rng = sample_rng(seed, split, index)
     night = index % 2 == 1
     scene = new_scene(rng, task, size, night)
+    scene.appearance = appearance
     if task == "detection":
         compose_detection(rng, scene)
     else:
@@ -86,6 +96,8 @@ def render_sample(
     visible = render_visible(canvas, scene.cond, rng)
     thermal = render_thermal(canvas, scene.cond, rng)
     group = "night" if night else "day"
+    if appearance is not None:
+        boxes = tuple(replace(b, appearance=appearance) for b in boxes)
     return SyntheticSample(
         sample_id(task, split, index),
         group,

@@ -51,6 +51,7 @@ class Scene:
     lights: Lights
     things: list[Thing] = field(default_factory=list)
     window_table: Array = field(default_factory=lambda: np.zeros(1))
+    appearance: str | None = None  # every annotated person of the frame (see make_person)
 
 
 def new_scene(rng: np.random.Generator, task: Task, size: tuple[int, int], night: bool) -> Scene:
@@ -144,7 +145,7 @@ def add_pedestrians(rng: np.random.Generator, scene: Scene, count: int) -> None:
         camo = (
             camouflage_colour(rng, scene, x, z) if not cond.night and rng.random() < 0.25 else None
         )
-        scene.things.append(make_person(rng, cond, x, z, hm, camo))
+        scene.things.append(make_person(rng, cond, x, z, hm, camo, scene.appearance))
         if rng.random() < 0.25:  # something in front: legs or one side hidden
             zo = max(z - rng.uniform(0.5, 2.5), 1.5)
             xo = x + rng.uniform(-0.5, 0.5)

@@ -36,6 +36,9 @@ class SynthConfig:
     size: tuple[int, int] | None = None  # (width, height) px; None: the task's default
     seed: int = 0
     domain: str = "none"  # md.data.synthetic.domains: fog, rain, winter, thermal-gain, night-only
+    # (train share, test share) of frames whose people wear the rare appearance
+    # (`md data synth --appearance 0.05:0.5`); None: not drawn, output as before
+    appearance: tuple[float, float] | None = None
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -54,6 +57,14 @@ class SynthConfig:
         check_domain(self.domain)
         if self.seed < 0:
             raise ConfigError(f"seed={self.seed}: use a non-negative integer")
+        if self.appearance is not None and (
+            len(self.appearance) != 2 or not all(0.0 <= p <= 1.0 for p in self.appearance)
+        ):
+            raise ConfigError(
+                f"appearance={self.appearance}: give TRAIN:TEST shares in 0..1, e.g. 0.05:0.5"
+            )
+        if self.appearance is not None and self.task != "detection":
+            raise ConfigError("appearance: only for --task detection (people are boxes there)")
         w, h = self.image_size
         if w < 64 or h < 64 or w % 8 or h % 8 or w > 4096 or h > 4096:
             raise ConfigError(
@@ -85,6 +96,12 @@ def metadata(cfg: SynthConfig) -> dict[str, object]:
         meta["domain"] = cfg.domain
         command = str(meta["regenerate"]).removesuffix(" --out DIR")
         meta["regenerate"] = f"{command} --domain {cfg.domain} --out DIR"
+    if cfg.appearance is not None:
+        train_share, test_share = cfg.appearance
+        meta["appearance"] = {"train": train_share, "test": test_share, "field": "appearance"}
+        meta["regenerate"] = str(meta["regenerate"]).replace(
+            " --out DIR", f" --appearance {train_share}:{test_share} --out DIR"
+        )
     if cfg.task == "detection":
         # The KAIST 'reasonable' height threshold (55 px at 512 rows) at this image height.
         meta["reasonable_min_height"] = round(55 * h / 512, 2)
@@ -97,12 +114,26 @@ def iter_samples(cfg: SynthConfig, split: str) -> Iterator[SyntheticSample]:
     n = cfg.n_train if split == "train" else cfg.n_test
     for i in range(n):
         index = domain_index(cfg.domain, i)
-        sample = render_sample(cfg.task, cfg.seed, split, index, cfg.image_size)
+        look = None if cfg.appearance is None else appearance_of(cfg, split, i)
+        sample = render_sample(cfg.task, cfg.seed, split, index, cfg.image_size, look)
         if cfg.domain != "none":
             key = [cfg.seed, SPLITS.index(split), index, DOMAINS.index(cfg.domain)]
             rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(key)))
             sample = apply_domain(sample, cfg.domain, rng)
         yield sample
+
+
+def appearance_of(cfg: SynthConfig, split: str, index: int) -> str:
+    """rare / common for one frame: its own stream (not the frame's), so the share moves
+    nothing else; an exact share per split (the first round(share x n) of a seeded
+    permutation are rare), not a coin per frame."""
+    assert cfg.appearance is not None
+    n = cfg.n_train if split == "train" else cfg.n_test
+    share = cfg.appearance[0 if split == "train" else 1]
+    key = [GENERATOR_VERSION, cfg.seed, SPLITS.index(split), 0xA99E]
+    order = np.random.Generator(np.random.PCG64(np.random.SeedSequence(key))).permutation(n)
+    rare = set(order[: round(share * n)].tolist())
+    return "rare" if index in rare else "common"
 
 
 def save_png(array: NDArray[np.uint8], mode: str, path: Path) -> None:
@@ -155,6 +186,7 @@ def kaist_json(
                     "height": b.h,
                     "occlusion": b.occlusion,
                     "ignore": b.ignore,
+                    **({"appearance": b.appearance} if b.appearance else {}),
                 }
             )
     info = {"dataset": "md synthetic (KAIST layout)", "generator_version": GENERATOR_VERSION}
@@ -175,16 +207,22 @@ def run(cfg: SynthConfig, out: str | Path) -> dict[str, object]:
         raise DataError(f"{root}: output exists and is not an empty folder; pass a new --out path")
     root.mkdir(parents=True, exist_ok=True)
     write = write_kaist_sample if cfg.task == "detection" else write_mfnet_sample
+    looks: dict[str, str] = {}
     for split in SPLITS:
         ids, test_boxes = [], []
         for sample in iter_samples(cfg, split):
             write(root, sample)
             ids.append(sample.id)
+            if cfg.appearance is not None:
+                looks[sample.id] = appearance_of(cfg, split, len(ids) - 1)
             test_boxes.append((sample.id, sample.boxes))
         (root / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
         if split == "test" and cfg.task == "detection":
             text = json.dumps(kaist_json(test_boxes, cfg.image_size))  # one line, like KAIST's
             (root / "annotations.json").write_text(text + "\n", encoding="utf-8")
+    if cfg.appearance is not None:  # per-frame groups: md evaluate --groups appearance
+        text = json.dumps({"appearance": looks}, indent=1)
+        (root / "groups.json").write_text(text + "\n", encoding="utf-8")
     meta = metadata(cfg)
     (root / "synthetic.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta

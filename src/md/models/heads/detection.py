@@ -129,12 +129,14 @@ class FocalLoss(nn.Module):
         super().__init__()
         self.alpha, self.gamma = alpha, gamma
 
-    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, targets: Tensor, weight: Tensor | None = None) -> Tensor:
+        """`weight` (N,): per-anchor loss weights (group reweighting); None: all 1."""
         p = torch.sigmoid(logits)
         ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
         p_t = p * targets + (1 - p) * (1 - targets)
         alpha_t = self.alpha * targets + (1 - self.alpha) * (1 - targets)
-        return (alpha_t * (1 - p_t) ** self.gamma * ce).sum()
+        loss = alpha_t * (1 - p_t) ** self.gamma * ce
+        return (loss if weight is None else loss * weight).sum()
 
 
 class BoxRegressionLoss(nn.Module):
@@ -155,7 +157,18 @@ class BoxRegressionLoss(nn.Module):
             )
         self.kind, self.std, self.beta = kind, tuple(std), beta
 
-    def forward(self, deltas: Tensor, targets: Tensor, anchors: Tensor) -> Tensor:
+    def forward(
+        self, deltas: Tensor, targets: Tensor, anchors: Tensor, weight: Tensor | None = None
+    ) -> Tensor:
+        """`weight` (P,): per-box loss weights (group reweighting); None: all 1."""
+        if weight is not None:
+            if self.kind == "giou":
+                per = 1 - box_giou_aligned(decode(deltas, anchors, self.std), targets)
+            else:
+                per = F.smooth_l1_loss(
+                    deltas, encode(targets, anchors, self.std), beta=self.beta, reduction="none"
+                ).sum(-1)
+            return (per * weight).sum()
         if self.kind == "giou":
             return (1 - box_giou_aligned(decode(deltas, anchors, self.std), targets)).sum()
         return F.smooth_l1_loss(
@@ -465,8 +478,25 @@ class DetectionHead(nn.Module):
         # At least 1; under DDP the global batch's count, as a share per rank (share_of_total).
         num_cls_pos = share_of_total(cls_target.sum())
         num_box_pos = share_of_total(box_pos.sum())
-        cls_loss = self.focal(logits[cls_valid], cls_target[cls_valid]) / num_cls_pos
         box_anchors = anchors.expand_as(deltas)[box_pos]
+        sample_weight = targets.get("sample_weight")
+        if sample_weight is not None:
+            # group reweighting: every anchor of image b (and the objects it holds) weighs
+            # w_b; the normalisers stay the unweighted positive counts, so the loss is
+            # linear in the weights (w = 2 on one image counts its terms twice)
+            per_anchor = sample_weight.float().reshape(-1, 1).expand_as(cls_target)
+            cls_loss = (
+                self.focal(logits[cls_valid], cls_target[cls_valid], per_anchor[cls_valid])
+                / num_cls_pos
+            )
+            box_loss = (
+                self.box_loss(
+                    deltas[box_pos], box_target[box_pos], box_anchors, per_anchor[box_pos]
+                )
+                / num_box_pos
+            )
+            return {"cls": cls_loss, "box": self.box_weight * box_loss}
+        cls_loss = self.focal(logits[cls_valid], cls_target[cls_valid]) / num_cls_pos
         box_loss = self.box_loss(deltas[box_pos], box_target[box_pos], box_anchors) / num_box_pos
         return {"cls": cls_loss, "box": self.box_weight * box_loss}
 
