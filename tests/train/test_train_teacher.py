@@ -122,6 +122,7 @@ _OLD_FIELD_ORDER = (
     "stop_after",
     "progress",
 )
+_ADDED_SINCE = {"group_weights", "group_field"}
 
 
 def test_a_resume_file_with_the_old_field_order_resumes(synth_det, tmp_path):
@@ -133,11 +134,15 @@ def test_a_resume_file_with_the_old_field_order_resumes(synth_det, tmp_path):
     _train(synth_det, out, *args, "stop_after=2")
     resume = tmp_path / "t.pt.resume"
     ck = load_checkpoint(resume)
-    assert set(ck["config"]) == set(_OLD_FIELD_ORDER)
-    ck["config"] = {k: ck["config"][k] for k in _OLD_FIELD_ORDER}
+    # fields added since (group reweighting, issue 17) are absent from such a file: at their
+    # defaults (the behaviour before they existed) they do not block the resume
+    added = {k for k in ck["config"] if k not in _OLD_FIELD_ORDER}
+    assert set(_OLD_FIELD_ORDER) <= set(ck["config"]) and added == _ADDED_SINCE
+    order = _OLD_FIELD_ORDER
+    ck["config"] = {k: ck["config"][k] for k in order}
     payload = {k: v for k, v in ck.items() if k not in ("format", "md_version", "weights_sha256")}
     save_checkpoint(resume, payload)
-    assert list(load_checkpoint(resume)["config"]) == list(_OLD_FIELD_ORDER)
+    assert list(load_checkpoint(resume)["config"]) == list(order)
     err = run_cli(
         "train-teacher",
         "--data",
@@ -328,3 +333,21 @@ def test_gpu_preset_on_a_cpu_machine_names_device_cpu(synth_det, tmp_path):
     (line,) = err.strip().splitlines()
     assert "device=cuda, but this machine has no usable CUDA" in line
     assert "pass device=cpu" in line and not list(tmp_path.iterdir())
+
+
+def test_added_fields_are_the_defaults_of_the_training_configs():
+    """A resume file from before a field existed is read as that field's default: the
+    table must hold each config's default, or such files would resume as another run."""
+    from md.config import config_to_dict
+    from md.student_train.config import StudentTrainConfig
+    from md.teacher_train.run import TeacherTrainConfig
+    from md.train.loop import ADDED_FIELDS
+
+    seen = set()
+    for cls in (StudentTrainConfig, TeacherTrainConfig):
+        d = config_to_dict(cls())
+        for k, v in ADDED_FIELDS.items():
+            if k in d:
+                assert d[k] == v, (cls.__name__, k)
+                seen.add(k)
+    assert seen == set(ADDED_FIELDS)

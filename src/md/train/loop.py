@@ -304,6 +304,17 @@ def _step(
     return {k: float(v) for k, v in logged.items()}
 
 
+# Config fields added after md 0.1.0's first resume files, at the value that reproduces the
+# behaviour from before they existed. Add a field here when it is added to a training config.
+ADDED_FIELDS: dict[str, Any] = {
+    "delta_stores": [],  # saved configs hold lists (JSON/YAML), not tuples
+    "delta_repeat": 1,
+    "init": "",
+    "group_weights": "none",
+    "group_field": "appearance",
+}
+
+
 def _restore(
     model: nn.Module,
     opt: torch.optim.Optimizer,
@@ -320,6 +331,9 @@ def _restore(
     ckpt = load_checkpoint(path, task=meta.get("task"), model_kind=meta.get("model_kind"))
     then = training_identity(ckpt.get("config"), s.run_control)
     now = training_identity(meta.get("config"), s.run_control)
+    # A field added to md after the run started is absent from its file: it was then what
+    # the field's first default means, so at that value it does not block the resume.
+    then = {**{k: v for k, v in ADDED_FIELDS.items() if k in now}, **then}
     if then != now:
         keys = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
         diff = ", ".join(f"{k}: {then.get(k)!r} then, {now.get(k)!r} now" for k in keys[:4])
