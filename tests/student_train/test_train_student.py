@@ -61,6 +61,25 @@ def test_offline_training_never_needs_the_teacher(det_teacher, synth_det, tmp_pa
     res = json.loads(run_cli("evaluate", "model", str(out), "--data", str(synth_det), "--json"))
     assert res["model_kind"] == "student" and res["thermal_factor"] == 16
     assert set(res["miss_rate"]) == {"all", "day", "night"}
+    assert all(isinstance(res["miss_rate"][k], float) for k in ("all", "day", "night"))
+    # --groups adds the per-group view and changes nothing of the plain result
+    grouped = json.loads(
+        run_cli(
+            "evaluate",
+            "model",
+            str(out),
+            "--data",
+            str(synth_det),
+            "--json",
+            "--groups",
+            "day_night,scale,occlusion",
+        )  # fmt: skip
+    )
+    assert grouped["miss_rate"] == res["miss_rate"]
+    assert grouped["groups"]["day_night"]["miss_rate"] == {
+        k: res["miss_rate"][k] for k in ("day", "night")
+    }
+    assert set(grouped["groups"]["scale"]["miss_rate"]) == {"near", "medium", "far"}
 
 
 def test_resume_reaches_the_same_weights(full_store, tmp_path):

@@ -181,7 +181,7 @@ def _score_detection(
     rates: dict[str, float | None] = {}
     for subset in ("all", "day", "night"):
         idx = (
-            np.arange(len(groups))
+            np.arange(len(day_night))
             if subset == "all"
             else np.flatnonzero(np.asarray(day_night) == subset)
         )
