@@ -73,7 +73,7 @@ def test_offline_training_never_needs_the_teacher(det_teacher, synth_det, tmp_pa
             "--json",
             "--groups",
             "day_night,scale,occlusion",
-        )  # fmt: skip
+        )
     )
     assert grouped["miss_rate"] == res["miss_rate"]
     assert grouped["groups"]["day_night"]["miss_rate"] == {
