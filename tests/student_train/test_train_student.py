@@ -381,3 +381,18 @@ def test_decoded_image_cache_trains_to_the_same_weights(plain_store, synth_det, 
     assert {p: p.stat().st_mtime_ns for p in entries} == stamps  # read back, not rewritten
     assert _same_weights(tmp_path / "decode.pt", tmp_path / "fill.pt")
     assert _same_weights(tmp_path / "decode.pt", tmp_path / "cached.pt")
+
+
+@pytest.mark.parametrize("task", ["detection", "segmentation"])
+def test_group_weights_train_and_go_into_the_lineage(task, synth_det, synth_seg, tmp_path):
+    data = synth_det if task == "detection" else synth_seg
+    out = tmp_path / "gw.pt"
+    common = ("--data", str(data), "--no-distill", "iterations=2", "group_field=day_night")
+    _train(out, *common, "group_weights=inverse_frequency")
+    lin = load_checkpoint(out)["lineage"]["group_weights"]
+    counts = lin["counts"]
+    assert set(counts) <= {"day", "night"} and sum(counts.values()) > 0
+    n = sum(counts.values())  # inverse frequency, normalised to mean 1 over the samples
+    assert sum(lin["weights"][g] * c for g, c in counts.items()) == pytest.approx(n)
+    _train(tmp_path / "plain.pt", *common)
+    assert load_checkpoint(tmp_path / "plain.pt")["lineage"]["group_weights"] is None

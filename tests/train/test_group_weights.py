@@ -110,3 +110,29 @@ def test_detection_loss_weights() -> None:
     for k in plain:
         assert both[k].item() == pytest.approx(2 * first[k].item() + second[k].item(), rel=1e-5)
         assert both[k].item() != pytest.approx(plain[k].item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("class_weights", [None, (0.5, 2.0, 1.0)])
+def test_segmentation_loss_weights(class_weights) -> None:
+    """Per-image weights on the cross-entropy: all ones is the plain (class-weighted) mean,
+    and the loss is linear in them (w = 2 counts an image's pixels twice)."""
+    torch.manual_seed(0)
+    kw = {} if class_weights is None else {"class_weights": class_weights}
+    head = build_head("segmentation", CHANNELS, num_classes=3, **kw)
+    g = torch.Generator().manual_seed(1)
+    feats = {
+        k: torch.randn(2, c, 64 // s, 64 // s, generator=g)
+        for (k, c), s in zip(CHANNELS.items(), (8, 16, 32), strict=True)
+    }
+    out = head(feats, (64, 64))
+    labels = torch.randint(0, 3, (2, 64, 64), generator=g)
+    base = {"labels": labels}
+    plain = head.loss(out, base)["seg"].item()
+    ones = head.loss(out, {**base, "sample_weight": torch.ones(2)})["seg"].item()
+    # the same 8192 terms summed in another order: float32 rounding, n * eps relative at most
+    assert ones == pytest.approx(plain, rel=2 * 8192 * 2**-24)
+    both = head.loss(out, {**base, "sample_weight": torch.tensor([2.0, 1.0])})["seg"].item()
+    first = head.loss(out, {**base, "sample_weight": torch.tensor([1.0, 0.0])})["seg"].item()
+    second = head.loss(out, {**base, "sample_weight": torch.tensor([0.0, 1.0])})["seg"].item()
+    assert both == pytest.approx(2 * first + second, rel=1e-5)
+    assert both != pytest.approx(plain, rel=1e-3)

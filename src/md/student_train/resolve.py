@@ -208,8 +208,6 @@ def _group_weights(
         return None
     if ds is None:
         raise ConfigError("group_weights: needs data=DATA (the samples' groups come from it)")
-    if cfg.task != "detection":
-        raise ConfigError("group_weights: only detection students so far; use group_weights=none")
     index = range(len(ds)) if ds_index is None else [int(i) for i in ds_index]
     samples = [ds.samples[i] for i in index]
     return group_weights.resolve(

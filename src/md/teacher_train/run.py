@@ -116,8 +116,6 @@ def run(cfg: TeacherTrainConfig, *, out: str | Path, resume: bool = False) -> Te
         [s.id for s in ds.samples],
         [s.group for s in ds.samples],
     )
-    if weights is not None and cfg.task != "detection":
-        raise MdError("group_weights: only detection teachers so far; use group_weights=none")
     meta["lineage"] = {"group_weights": None if weights is None else weights.lineage()}
     sampler_args = (len(ds), cfg.batch_size, iterations, cfg.seed)
 

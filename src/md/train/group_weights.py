@@ -11,8 +11,11 @@
 
 ``group_field`` names the grouping: ``day_night`` (the sample's day / night group) or a
 per-sample field of DATA/groups.json, ``{FIELD: {sample id: value}}`` (the synthetic
-generator's ``appearance``). Weights multiply each sample's task loss and transfer losses;
-the weights and where they came from go into the checkpoint's lineage.
+generator's ``appearance``). Weights multiply each sample's task loss (detection: every
+anchor of the image, so every object in it; segmentation: every pixel of the image) and
+transfer losses; normalisers stay unweighted, so the loss is linear in the weights. The
+teacher's GAFF mask losses are not weighted. The weights and where they came from go into
+the checkpoint's lineage.
 """
 
 from __future__ import annotations

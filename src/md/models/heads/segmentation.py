@@ -143,6 +143,20 @@ class SegmentationHead(nn.Module):
             )
         ignore = -100 if self.ignore_index is None else self.ignore_index  # -100: no label uses it
         weight: Tensor | None = self.class_weights  # type: ignore[assignment]
+        sample_weight = targets.get("sample_weight")
+        if sample_weight is not None:
+            # group reweighting: every pixel of image b weighs w_b; the normaliser stays the
+            # unweighted one (the class-weight sum over labelled pixels), so the loss is
+            # linear in the weights and w = 1 everywhere is the plain mean cross-entropy
+            labels = labels.long()
+            valid = labels != ignore
+            safe = labels.clamp(min=0, max=logits.shape[1] - 1)
+            per_pixel = weight[safe] * valid if weight is not None else valid.float()
+            ce = F.cross_entropy(
+                logits.float(), labels, weight=weight, ignore_index=ignore, reduction="none"
+            )
+            total = (ce.flatten(1).sum(1) * sample_weight.float().to(ce.device)).sum()
+            return {"seg": total / share_of_total(per_pixel.sum(), minimum=1e-12)}
         if (weight is None and self.ignore_index is None) or not syncing_normalisers():
             return {
                 "seg": F.cross_entropy(
