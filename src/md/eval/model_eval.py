@@ -173,7 +173,8 @@ def _score_detection(
                 )
             )
             day_night.append(batch["group"][i])
-            names.append(str(batch["id"][i]))
+            # ids name images for FIELD groupings; md predict's batches may carry none
+            names.append(str(batch["id"][i]) if "id" in batch else str(len(names)))
     setting = kaist.ReasonableSetting(image_size=(int(size[0]), int(size[1])))  # type: ignore[index]
     matches = kaist.match_detections(
         kaist.annotations_from_arrays(gts), kaist.detections_from_arrays(dets), setting
