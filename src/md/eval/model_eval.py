@@ -152,7 +152,8 @@ def _score_detection(
     groups: Sequence[str] = (),
     data: Path | None = None,
 ) -> dict[str, Any]:
-    dets, gts, names, size = [], [], [], None
+    dets, gts, size = [], [], None
+    names: list[str] = []
     day_night: list[str] = []
     for batch, preds in stream:
         size = tuple(batch["visible"].shape[-2:][::-1])  # (W, H)
