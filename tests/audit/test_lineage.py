@@ -10,6 +10,7 @@ import pytest
 
 from md import audit
 from tests.conftest import one_torch_thread, run_cli
+from tests.student_train.caching import cache
 
 TINY = ("--preset", "cpu-tiny", "progress=false", "batch_size=2", "iterations=1")
 
@@ -25,17 +26,7 @@ def chain(tiny_det_teacher: Path, synth_det: Path, tmp_path_factory: pytest.Temp
     store = root / "train.zarr"
     student = root / "student.pt"
     with one_torch_thread():
-        run_cli(
-            "cache-teacher",
-            "--teacher",
-            str(teacher),
-            "--data",
-            str(data),
-            "--store",
-            str(store),
-            "--shard-size",
-            "4",
-        )
+        cache(teacher, data, store)
         run_cli(
             "train-student",
             "--store",
