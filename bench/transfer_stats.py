@@ -77,7 +77,7 @@ def summarise_log(path: str | Path, window: int = 5) -> dict[str, Any]:
         s = _series(records, key, window)
         if s is not None:
             levels.setdefault(lv, {})[name] = s
-    for lv, d in levels.items():
+    for d in levels.values():
         for num in ("student", "head"):
             if f"{num}_rms" in d and "teacher_rms" in d:
                 d[f"{num}_to_teacher_rms"] = {
