@@ -63,7 +63,9 @@ def run_one(base: Path, out: Path, ds: str, head: str, seed: int) -> None:
             f"seed={seed}", "--store", str(base / f"{ds}.runs" / "train.zarr"),
             f"head_input={head}", "progress=false",
         )  # fmt: skip
-    md("evaluate", "model", str(target), "--data", str(base / ds), "--json", stdout=ev)
+    part = ev.with_name(ev.name + ".part")  # an interrupted evaluation leaves no .eval.json
+    md("evaluate", "model", str(target), "--data", str(base / ds), "--json", stdout=part)
+    part.rename(ev)
 
 
 def mean_se(values: list[float]) -> dict[str, Any]:
