@@ -100,12 +100,13 @@ def summary(base: Path, out: Path) -> dict[str, Any]:
                 "mean_accuracy": mean_se([got[s]["mean_accuracy"]["all"] for s in sorted(got)]),
                 "mean_iou": mean_se([got[s]["mean_iou"]["all"] for s in sorted(got)]),
             }
-            if name in ("attended", "trunk", "transfer"):
-                logs = {
-                    s: summarise_log(out / ds / f"{name}_s{s}.metrics.jsonl", window=5)
-                    for s in sorted(got)
-                }
-                row["logs"] = logs
+            logs = {
+                s: p.with_name(p.name.replace(".eval.json", ".metrics.jsonl"))
+                for s, p in paths.items()
+            }
+            row["logs"] = {
+                s: summarise_log(logs[s], window=5) for s in sorted(got) if logs[s].exists()
+            }
             rows[name] = row
         checks = {}
         for s in range(3):
