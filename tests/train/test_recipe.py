@@ -86,6 +86,7 @@ def test_run_control_fields_come_from_the_config_declarations():
         "device_inputs",
         "image_cache",
         "dist_timeout_s",
+        "transfer_stats",
     }
     assert loop_settings(StudentTrainConfig(), 10).run_control == run_control_fields(
         StudentTrainConfig

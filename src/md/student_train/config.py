@@ -63,6 +63,9 @@ class StudentTrainConfig(recipe.RunConfig):
     shard_groups: int = 0  # G disjoint shard groups per batch (a multiple of W); 0 = W processes
     sync_batchnorm: bool = True  # BatchNorm statistics over the global batch, not per process
     dist_timeout_s: int = recipe.run_control(600)  # a rank waiting longer on the others fails
+    # Per-level feature norms and transfer-loss values in the metrics log, on logged steps
+    # only, under no_grad (md.student_train.transfer_stats); never changes the weights
+    transfer_stats: bool = recipe.run_control(True)
 
     LIMITS: ClassVar[dict[str, Limit]] = {
         **recipe.MODEL_LIMITS, "attention_weight": NON_NEGATIVE, "semantic_weight": NON_NEGATIVE,

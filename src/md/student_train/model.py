@@ -16,9 +16,10 @@ from md.stores.codecs import CodecPreset, get_preset
 from md.student_train.config import StudentTrainConfig, thermal_factor_of
 from md.student_train.loader import build_input, cut_batch
 from md.student_train.losses import DistillationLoss
+from md.student_train.transfer_stats import transfer_stats
 from md.train import distributed
 from md.train.group_weights import GroupWeights
-from md.train.loop import LossFn
+from md.train.loop import LossFn, log_step
 
 
 class DistillableStudent(Protocol):
@@ -86,8 +87,15 @@ def student_loss_fn(
         if group_weights is not None:
             weight = group_weights.batch_weights(batch, batch["x"].device)
             batch = {**batch, "sample_weight": weight}
-        out = m(batch["x"])  # through the DDP wrapper, if any (its gradient hooks)
         student = cast(DistillableStudent, distributed.unwrap(m))  # `model`, unwrapped
+        stats = distill is not None and cfg.transfer_stats and log_step()
+        head_inputs: dict[str, Tensor] = {}
+        hook = _capture_head_input(student, head_inputs) if stats else None
+        try:
+            out = m(batch["x"])  # through the DDP wrapper, if any (its gradient hooks)
+        finally:
+            if hook is not None:
+                hook.remove()
         parts = student.loss(out, batch)
         task = parts.pop("total")
         if distill is None:
@@ -98,14 +106,46 @@ def student_loss_fn(
             else stored_targets(batch, cfg.levels, codec)
         )
         d = distill(out, targets) if weight is None else distill(out, targets, weight)
+        diagnostics = (
+            transfer_stats(
+                out,
+                targets,
+                head_inputs,
+                d,
+                task,
+                levels=tuple(cfg.levels),
+                attention_weight=cfg.attention_weight,
+                semantic_weight=cfg.semantic_weight,
+                focal_softmax=cfg.focal_softmax,
+                sample_weight=weight,
+            )
+            if stats
+            else {}
+        )
         return {
             **parts,
             "task": task,
             **{k: v for k, v in d.items() if k != "distill"},
             "total": task + d["distill"],
+            **diagnostics,
         }
 
     return loss_fn
+
+
+def _capture_head_input(student: Any, into: dict[str, Tensor]) -> Any:
+    """A forward pre-hook on the student's task head that records its input per level
+    (the features the head reads; `transfer_stats`); returns the handle, None without a
+    head. The hook returns None: the forward is unchanged."""
+    head = getattr(student, "head", None)
+    if not isinstance(head, nn.Module):
+        return None
+
+    def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+        if args and isinstance(args[0], Mapping):
+            into.update({k: v for k, v in args[0].items() if isinstance(v, Tensor)})
+
+    return head.register_forward_pre_hook(hook)
 
 
 def stored_targets(

@@ -13,6 +13,7 @@ the ranks meet at a barrier before returning, so the files exist when any rank r
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -35,6 +36,18 @@ LossFn = Callable[[nn.Module, dict[str, Any]], dict[str, torch.Tensor]]
 # these (e.g. stop_after, more workers, no progress bar) and still reach the same weights.
 # These are `RunConfig`'s; a command's config may declare more (`recipe.run_control`).
 RUN_CONTROL_FIELDS = recipe.run_control_fields(recipe.RunConfig)
+
+# Loss-function outputs under this prefix are diagnostics, not losses: logged as they are
+# (``stats/...``, no ``loss/`` prefix), kept out of the progress bar and `LoopResult.last`,
+# never part of the backward. A loss function computes them only when `log_step()` is true.
+STATS_PREFIX = "stats/"
+_LOG_STEP = contextvars.ContextVar("md_train_log_step", default=False)
+
+
+def log_step() -> bool:
+    """Whether the step whose loss is being computed will be written to the metrics log:
+    diagnostics (`STATS_PREFIX`) cost nothing on the other steps."""
+    return _LOG_STEP.get()
 
 
 def training_identity(
@@ -226,13 +239,21 @@ def train_loop(
                 break
             if it > start and it % s.checkpoint_every == 0:
                 save_resume(it)
-            last = _step(net, opt, scaler, loss_fn, next(stream), it, s, device, dist)
+            logged = it % s.log_every == 0 or it == s.iterations - 1
+            token = _LOG_STEP.set(logged)
+            try:
+                step = _step(net, opt, scaler, loss_fn, next(stream), it, s, device, dist)
+            finally:
+                _LOG_STEP.reset(token)
+            last = {k: v for k, v in step.items() if not k.startswith(STATS_PREFIX)}
             done = it + 1
             bar.update(1)
             bar.set_postfix({k: f"{v:.3g}" for k, v in last.items()}, refresh=False)
-            if log is not None and (it % s.log_every == 0 or it == s.iterations - 1):
+            if log is not None and logged:
                 lr = opt.param_groups[0]["lr"]
-                log.write({"iteration": it, "lr": lr, **{f"loss/{k}": v for k, v in last.items()}})
+                stats = {k: v for k, v in step.items() if k.startswith(STATS_PREFIX)}
+                losses = {f"loss/{k}": v for k, v in last.items()}
+                log.write({"iteration": it, "lr": lr, **losses, **stats})
     except KeyboardInterrupt:  # Ctrl-C reaches every rank; rank 0 keeps the finished steps
         save_resume(done)
         raise
@@ -312,6 +333,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "init": "",
     "group_weights": "none",
     "group_field": "appearance",
+    "transfer_stats": True,  # run control (diagnostics only): never blocks a resume
 }
 
 
