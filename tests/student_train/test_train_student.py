@@ -45,6 +45,7 @@ def test_offline_training_never_needs_the_teacher(det_teacher, synth_det, tmp_pa
     ck = load_checkpoint(out, task="detection", model_kind="student")
     assert ck["model_args"]["in_channels"] == 6 and ck["model_args"]["levels"] == ["c3", "c4", "c5"]
     assert ck["model_args"]["width"] == 0.125 and ck["config"]["thermal_factor"] == 16
+    assert ck["head_levels"] == ["c3", "c4", "c5"]  # the detection neck reads every level
     lineage = ck["lineage"]
     attrs = open_store(store).attrs
     assert lineage["teacher_sha256"] == sha

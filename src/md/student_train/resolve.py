@@ -88,6 +88,8 @@ def prepare(cfg: StudentTrainConfig, *, rank: int = 0, world_size: int = 1) -> S
         },
         "dataset_fingerprint": fingerprint or _store_fingerprint(store),
         "world_size": world_size,
+        # The distilled levels the task head reads; the others act only through the trunk.
+        "head_levels": [lv for lv in levels if lv in getattr(model.head, "in_levels", levels)],
     }
     return Setup(
         cfg,

@@ -375,6 +375,7 @@ class DetectionHead(nn.Module):
         if assign not in ASSIGNERS:
             raise ValueError(f"detection head: assign must be one of {ASSIGNERS}, got {assign!r}")
         self.levels = sorted(in_channels, key=_level_stride)
+        self.in_levels: tuple[str, ...] = tuple(self.levels)  # every level feeds the neck
         self.strides = [_level_stride(k) for k in self.levels] + (
             [_level_stride(self.levels[-1]) * 2] if use_p6 else []
         )

@@ -107,6 +107,10 @@ class SegmentationHead(nn.Module):
         self.ppm = PyramidPooling(in_channels["c5"], bins)
         self.bottleneck = _conv_norm_relu(self.ppm.out_channels, psp_channels, 3, norm)
         self.use_c3 = use_c3
+        # The backbone levels `forward` reads (c4 is not one: PSPNet's c4 feeds only its
+        # auxiliary loss, not used here); a distilled level outside these acts on the task
+        # only through the trunk (issue 18, experiment 4).
+        self.in_levels: tuple[str, ...] = ("c3", "c5") if use_c3 else ("c5",)
         if use_c3:
             self.c3_proj = _conv_norm_relu(in_channels["c3"], c3_channels, 1, norm)
             self.decoder = _conv_norm_relu(psp_channels + c3_channels, decoder_channels, 3, norm)
