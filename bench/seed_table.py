@@ -31,6 +31,17 @@ def _value(doc: dict[str, Any], metric: str, subset: str, path: str) -> float:
         ) from err
 
 
+def _load(path: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise SystemExit(
+            f"{path}: not JSON ({err.msg}); an evaluation still running or cut off: rerun "
+            "`md evaluate model ... --json` into it"
+        ) from err
+    return doc if isinstance(doc, dict) else {}
+
+
 def mean_se(values: list[float]) -> tuple[float, float | None]:
     """Mean and standard error (sample std / √n); no SE for one value."""
     mean = statistics.fmean(values)
@@ -45,7 +56,7 @@ def arm(label: str, pattern: str, subset: str = "all") -> dict[str, Any]:
     out: dict[str, Any] = {"label": label, "glob": pattern, "files": files}
     if not files:
         return {**out, "missing": True}
-    docs = [json.loads(Path(f).read_text()) for f in files]
+    docs = [_load(f) for f in files]
     for metric in ("mean_accuracy", "mean_iou"):
         vals = [_value(d, metric, subset, f) for d, f in zip(docs, files, strict=True)]
         mean, se = mean_se(vals)

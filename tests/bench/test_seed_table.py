@@ -30,3 +30,6 @@ def test_mean_and_standard_error_by_hand(tmp_path: Path, capsys: pytest.CaptureF
     assert "| MD | 44.00±2.31 (40.00 / 44.00 / 48.00) | 21.00±0.58 | 3 |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="LABEL=GLOB"):
         mod["main"](["no-equals-sign"])
+    (tmp_path / "cut_s0.eval.json").write_text("")  # an evaluation still writing its output
+    with pytest.raises(SystemExit, match=r"cut_s0\.eval\.json: not JSON"):
+        mod["arm"]("cut", str(tmp_path / "cut_s*.eval.json"))
