@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from md.errors import MdError
+from md.models import TwoStreamTeacher
 from md.models.gaff import (
     GAFF,
     GAFFLoss,
@@ -145,3 +146,18 @@ def test_foreground_from_labels_area_fraction() -> None:
     fg = foreground_from_labels(labels, (2, 2))
     assert fg.shape == (1, 1, 2, 2)
     assert fg[0, 0].tolist() == [[0.75, 0.0], [0.5, 0.5]]
+
+
+def test_segmentation_teacher_any_foreground_is_binary_by_hand() -> None:
+    labels = torch.tensor(
+        [[0, 2, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [3, 8, 5, 0]], dtype=torch.long
+    ).unsqueeze(0)
+    batch = {"labels": labels}
+    soft = TwoStreamTeacher("segmentation", width=0.125).foreground(batch, (2, 2))
+    hard = TwoStreamTeacher("segmentation", width=0.125, seg_foreground="any").foreground(
+        batch, (2, 2)
+    )
+    assert soft[0, 0].tolist() == [[0.75, 0.0], [0.5, 0.25]]  # the default: area fraction
+    assert hard[0, 0].tolist() == [[1.0, 0.0], [1.0, 1.0]]  # any non-background pixel
+    with pytest.raises(MdError, match="seg_foreground"):
+        TwoStreamTeacher("segmentation", seg_foreground="majority")

@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+from md.models import load_model
 from md.models.checkpoint import load_checkpoint
 from md.train.checkpoint import save_checkpoint
 from md.train.metrics_log import read_log
@@ -122,7 +123,7 @@ _OLD_FIELD_ORDER = (
     "stop_after",
     "progress",
 )
-_ADDED_SINCE = {"group_weights", "group_field"}
+_ADDED_SINCE = {"group_weights", "group_field", "seg_foreground"}  # issue 17, issue 18
 
 
 def test_a_resume_file_with_the_old_field_order_resumes(synth_det, tmp_path):
@@ -351,3 +352,25 @@ def test_added_fields_are_the_defaults_of_the_training_configs():
                 assert d[k] == v, (cls.__name__, k)
                 seen.add(k)
     assert seen == set(ADDED_FIELDS)
+
+
+def test_seg_foreground_any_goes_into_the_checkpoint_and_default_leaves_it_out(
+    synth_seg, synth_det, tmp_path
+):
+    seg = ("--task", "segmentation", "iterations=2")
+    _train(synth_seg, tmp_path / "any.pt", *seg, "seg_foreground=any")
+    _train(synth_seg, tmp_path / "frac.pt", *seg)
+    any_ck, frac_ck = load_checkpoint(tmp_path / "any.pt"), load_checkpoint(tmp_path / "frac.pt")
+    assert any_ck["model_args"]["seg_foreground"] == "any"
+    assert "seg_foreground" not in frac_ck["model_args"]  # older checkpoints: the same args
+    model, _ = load_model(tmp_path / "any.pt")
+    assert model.seg_foreground == "any"
+    # The targets differ, so the weights after two steps do (same seed, same batches).
+    wa, wf = any_ck["weights"], frac_ck["weights"]
+    assert any(not torch.equal(wa[k], wf[k]) for k in wa if k.startswith("gaff."))
+    err = run_cli(
+        "train-teacher", "--data", str(synth_det), "--out", str(tmp_path / "d.pt"), *TINY,
+        "seg_foreground=any", expect=2,
+    )  # fmt: skip
+    assert "seg_foreground=any is for GAFF segmentation teachers" in err
+    assert len(err.strip().splitlines()) == 1

@@ -33,6 +33,8 @@ from md.models.shared import (
     weighted_total,
 )
 
+SEG_FOREGROUNDS = ("fraction", "any")
+
 
 class TwoStreamTeacher(nn.Module):
     """Two-stream ResNet-18 + GAFF + task head.
@@ -47,6 +49,8 @@ class TwoStreamTeacher(nn.Module):
         pretrained: torchvision resnet18 weight file, loaded into both trunks.
         loss_weights: weight per loss part name (head parts, "gaff_intra", "gaff_inter");
             unnamed parts weigh 1.
+        seg_foreground: segmentation mask target per feature cell, "fraction" (the
+            non-background fraction, soft) or "any" (1 where any pixel is non-background).
     """
 
     def __init__(
@@ -59,9 +63,15 @@ class TwoStreamTeacher(nn.Module):
         gaff_kwargs: Mapping[str, Any] | None = None,
         pretrained: str | Path | None = None,
         loss_weights: Mapping[str, float] | None = None,
+        seg_foreground: str = "fraction",
     ) -> None:
         super().__init__()
         self.task = check_task(task)
+        if seg_foreground not in SEG_FOREGROUNDS:
+            raise MdError(
+                f"seg_foreground must be one of {SEG_FOREGROUNDS}, got {seg_foreground!r}"
+            )
+        self.seg_foreground = seg_foreground
         self.levels = check_levels(levels, allow_empty=False)
         self.norm_visible, self.norm_thermal = ImageNorm(3), ImageNorm(1)
         self.visible, self.thermal = ResNet18(3, width), ResNet18(3, width)
@@ -129,10 +139,13 @@ class TwoStreamTeacher(nn.Module):
 
     def foreground(self, batch: Mapping[str, Any], out_size: tuple[int, ...]) -> Tensor:
         """Ground-truth foreground (B, 1, h, w) at a feature size: ellipses in the non-ignored
-        boxes (detection) or the non-background fraction (segmentation)."""
+        boxes (detection) or, for segmentation, the non-background fraction of each cell
+        (``seg_foreground="fraction"``) or 1 where it holds any non-background pixel
+        ("any": binary, as the detection ellipses are)."""
         size = (int(out_size[0]), int(out_size[1]))
         if self.task == "segmentation":
-            return foreground_from_labels(head_targets(self.task, batch)["labels"], size)
+            fraction = foreground_from_labels(head_targets(self.task, batch)["labels"], size)
+            return fraction if self.seg_foreground == "fraction" else (fraction > 0).float()
         if "visible" not in batch:
             raise MdError("detection batch lacks 'visible'; the GAFF targets need the image size")
         image_size = (int(batch["visible"].shape[-2]), int(batch["visible"].shape[-1]))

@@ -19,7 +19,7 @@ from md.config import POSITIVE, Limit, check_limits, config_to_dict, save_config
 from md.data import dataset_fingerprint, open_dataset
 from md.data.collate import collate
 from md.data.transforms import hflip_sample
-from md.errors import MdError
+from md.errors import ConfigError, MdError
 from md.models import build_model, model_args
 from md.train import group_weights, recipe
 from md.train.loop import LoopResult, loop_settings, sidecar, train_loop
@@ -42,6 +42,9 @@ class TeacherTrainConfig(recipe.RunConfig):
     )
     class_weights: tuple[float, ...] = ()  # explicit per-class weights; filled in by "enet"
     hflip: bool = True  # random horizontal flips (p = 0.5)
+    # Segmentation GAFF mask target per feature cell (md.models.gaff.foreground_from_labels):
+    # "fraction" of non-background pixels, or "any" = 1 where the cell holds any (binary).
+    seg_foreground: Literal["fraction", "any"] = "fraction"
     group_weights: str = "none"  # none | inverse_frequency | FILE (md.train.group_weights)
     group_field: str = "appearance"  # day_night or a field of DATA/groups.json
 
@@ -98,6 +101,13 @@ def run(cfg: TeacherTrainConfig, *, out: str | Path, resume: bool = False) -> Te
         assign=cfg.assign,
         class_weights=cfg.class_weights,
     )
+    if cfg.seg_foreground != "fraction":  # absent by default: older checkpoints stay the same
+        if kind != "teacher" or cfg.task != "segmentation":
+            raise ConfigError(
+                f"seg_foreground={cfg.seg_foreground} is for GAFF segmentation teachers; "
+                "drop it for this run"
+            )
+        margs["seg_foreground"] = cfg.seg_foreground
     torch.manual_seed(cfg.seed)  # initial weights depend on the seed only
     model = build_model(kind, cfg.task, pretrained=cfg.pretrained or None, **margs)
     save_config(cfg, sidecar(out, "config.yaml"))

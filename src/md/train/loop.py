@@ -333,6 +333,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "init": "",
     "group_weights": "none",
     "group_field": "appearance",
+    "seg_foreground": "fraction",  # the segmentation teacher's GAFF mask target
     "transfer_stats": True,  # run control (diagnostics only): never blocks a resume
 }
 
